@@ -1,0 +1,134 @@
+"""Public functions, each a drop-in for its torch.nn.functional twin (same signature, same
+results, same errors). 1-D convolutions run on the 2-D kernels with a unit height."""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ._ops import Conv2dFunction, ConvTranspose2dFunction
+
+__all__ = ["conv1d", "conv2d", "conv_transpose1d", "conv_transpose2d", "PaddingStringError"]
+
+IntOrSeq = Union[int, Sequence[int]]
+
+
+class PaddingStringError(ValueError, RuntimeError):
+    """A padding string other than 'same'/'valid'. torch raises RuntimeError here and Python
+    convention says ValueError; this is both, so code catching either keeps working."""
+
+
+def _expand(value: IntOrSeq, n: int, name: str) -> list:
+    if isinstance(value, (int, torch.SymInt)):
+        return [value] * n
+    value = list(value)
+    if len(value) == 1:
+        return value * n
+    if len(value) != n:
+        raise RuntimeError(f"expected {name} to be a single integer value or a list of {n} values to "
+                           f"match the convolution dimensions, but got {name}={value}")
+    return value
+
+
+def _check_input_rank(input: Tensor, spatial: int, name: str) -> bool:
+    """Returns whether input is batched; raises like torch for any other rank."""
+    if input.dim() not in (spatial + 1, spatial + 2):
+        raise RuntimeError(f"Expected {spatial + 1}D (unbatched) or {spatial + 2}D (batched) input to "
+                           f"{name}, but got input of size: {list(input.shape)}")
+    return input.dim() == spatial + 2
+
+
+def _check_weight_rank(input: Tensor, weight: Tensor, spatial: int):
+    if weight.dim() != spatial + 2:
+        raise RuntimeError(f"Expected {weight.dim()}-dimensional input for {weight.dim()}-dimensional "
+                           f"weight {list(weight.shape)}, but got {spatial + 2}-dimensional input of size "
+                           f"{list(input.shape)} instead")
+
+
+def _resolve_padding_string(input: Tensor, weight: Tensor, padding: str, stride: list,
+                            dilation: list, spatial: int):
+    """'valid' is no padding. 'same' pads d*(k-1) per dim, the odd extra on the right/bottom
+    like torch; the symmetric part goes to the kernel, the extra is an explicit zero pad."""
+    if padding == "valid":
+        return input, [0] * spatial
+    if padding != "same":
+        raise PaddingStringError(f"Invalid padding string: '{padding}'")
+    if any(s != 1 for s in stride):
+        raise RuntimeError("padding='same' is not supported for strided convolutions")
+    total = [dilation[i] * (weight.shape[2 + i] - 1) for i in range(spatial)]
+    left = [t // 2 for t in total]
+    extra = [t - 2 * l for t, l in zip(total, left)]
+    if any(extra):
+        pad_nd = []
+        for e in reversed(extra):  # F.pad lists the last dim first
+            pad_nd += [0, e]
+        input = F.pad(input, pad_nd)
+    return input, left
+
+
+def _conv(input, weight, bias, stride, padding, dilation, groups, spatial, name):
+    batched = _check_input_rank(input, spatial, name)
+    _check_weight_rank(input if batched else input.unsqueeze(0), weight, spatial)
+    if not batched:
+        input = input.unsqueeze(0)
+    stride = _expand(stride, spatial, "stride")
+    dilation = _expand(dilation, spatial, "dilation")
+    if isinstance(padding, str):
+        input, padding = _resolve_padding_string(input, weight, padding, stride, dilation, spatial)
+    else:
+        padding = _expand(padding, spatial, "padding")
+    if spatial == 1:
+        out = Conv2dFunction.apply(input.unsqueeze(2), weight.unsqueeze(2), bias, [1] + stride,
+                                   [0] + padding, [1] + dilation, groups).squeeze(2)
+    else:
+        out = Conv2dFunction.apply(input, weight, bias, stride, padding, dilation, groups)
+    return out if batched else out.squeeze(0)
+
+
+def conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride: IntOrSeq = 1,
+           padding: Union[IntOrSeq, str] = 0, dilation: IntOrSeq = 1, groups: int = 1) -> Tensor:
+    """Equals torch.nn.functional.conv2d."""
+    return _conv(input, weight, bias, stride, padding, dilation, groups, 2, "conv2d")
+
+
+def conv1d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride: IntOrSeq = 1,
+           padding: Union[IntOrSeq, str] = 0, dilation: IntOrSeq = 1, groups: int = 1) -> Tensor:
+    """Equals torch.nn.functional.conv1d."""
+    return _conv(input, weight, bias, stride, padding, dilation, groups, 1, "conv1d")
+
+
+def _conv_transpose(input, weight, bias, stride, padding, output_padding, groups, dilation, spatial, name):
+    batched = _check_input_rank(input, spatial, name)
+    _check_weight_rank(input if batched else input.unsqueeze(0), weight, spatial)
+    if not batched:
+        input = input.unsqueeze(0)
+    stride = _expand(stride, spatial, "stride")
+    padding = _expand(padding, spatial, "padding")
+    output_padding = _expand(output_padding, spatial, "output_padding")
+    dilation = _expand(dilation, spatial, "dilation")
+    if spatial == 1:
+        out = ConvTranspose2dFunction.apply(input.unsqueeze(2), weight.unsqueeze(2), bias, [1] + stride,
+                                            [0] + padding, [0] + output_padding, groups,
+                                            [1] + dilation).squeeze(2)
+    else:
+        out = ConvTranspose2dFunction.apply(input, weight, bias, stride, padding, output_padding, groups,
+                                            dilation)
+    return out if batched else out.squeeze(0)
+
+
+def conv_transpose2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride: IntOrSeq = 1,
+                     padding: IntOrSeq = 0, output_padding: IntOrSeq = 0, groups: int = 1,
+                     dilation: IntOrSeq = 1) -> Tensor:
+    """Equals torch.nn.functional.conv_transpose2d (note: groups before dilation)."""
+    return _conv_transpose(input, weight, bias, stride, padding, output_padding, groups, dilation, 2,
+                           "conv_transpose2d")
+
+
+def conv_transpose1d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride: IntOrSeq = 1,
+                     padding: IntOrSeq = 0, output_padding: IntOrSeq = 0, groups: int = 1,
+                     dilation: IntOrSeq = 1) -> Tensor:
+    """Equals torch.nn.functional.conv_transpose1d."""
+    return _conv_transpose(input, weight, bias, stride, padding, output_padding, groups, dilation, 1,
+                           "conv_transpose1d")

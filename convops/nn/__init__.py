@@ -1,0 +1,4 @@
+"""Drop-in torch.nn modules whose forward runs on convops operators."""
+from .conv import Conv1d, Conv2d, ConvTranspose1d, ConvTranspose2d
+
+__all__ = ["Conv1d", "Conv2d", "ConvTranspose1d", "ConvTranspose2d"]

@@ -1,0 +1,74 @@
+"""Subclasses of torch's conv modules: same constructor, init, parameters, state_dict, repr
+and padding modes; only the convolution itself is ours."""
+from __future__ import annotations
+
+import copy
+from typing import List, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .. import functional as cF
+
+
+class _FromTorch:
+    """`Twin.from_torch(m)`: a convops module sharing m's parameters, buffers and hooks."""
+
+    _torch_base: type
+
+    @classmethod
+    def from_torch(cls, module: torch.nn.Module):
+        if not isinstance(module, cls._torch_base):
+            raise TypeError(f"{cls.__name__}.from_torch expects a {cls._torch_base.__name__}, "
+                            f"got {type(module).__name__}")
+        twin = cls.__new__(cls)
+        # Copy the containers (so adding a parameter to one does not touch the other) but
+        # keep the very same Parameter and buffer objects.
+        twin.__dict__.update({k: copy.copy(v) if isinstance(v, dict) else v
+                              for k, v in module.__dict__.items()})
+        return twin
+
+
+class Conv1d(_FromTorch, torch.nn.Conv1d):
+    _torch_base = torch.nn.Conv1d
+
+    def _conv_forward(self, input: Tensor, weight: Tensor, bias: Optional[Tensor]):
+        if self.padding_mode != "zeros":
+            input = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+            return cF.conv1d(input, weight, bias, self.stride, 0, self.dilation, self.groups)
+        return cF.conv1d(input, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+class Conv2d(_FromTorch, torch.nn.Conv2d):
+    _torch_base = torch.nn.Conv2d
+
+    def _conv_forward(self, input: Tensor, weight: Tensor, bias: Optional[Tensor]):
+        if self.padding_mode != "zeros":
+            input = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+            return cF.conv2d(input, weight, bias, self.stride, 0, self.dilation, self.groups)
+        return cF.conv2d(input, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+class ConvTranspose1d(_FromTorch, torch.nn.ConvTranspose1d):
+    _torch_base = torch.nn.ConvTranspose1d
+
+    def forward(self, input: Tensor, output_size: Optional[List[int]] = None) -> Tensor:
+        if self.padding_mode != "zeros":
+            raise ValueError("Only `zeros` padding mode is supported for ConvTranspose1d")
+        output_padding = self._output_padding(input, output_size, self.stride, self.padding,
+                                              self.kernel_size, 1, self.dilation)
+        return cF.conv_transpose1d(input, self.weight, self.bias, self.stride, self.padding,
+                                   output_padding, self.groups, self.dilation)
+
+
+class ConvTranspose2d(_FromTorch, torch.nn.ConvTranspose2d):
+    _torch_base = torch.nn.ConvTranspose2d
+
+    def forward(self, input: Tensor, output_size: Optional[List[int]] = None) -> Tensor:
+        if self.padding_mode != "zeros":
+            raise ValueError("Only `zeros` padding mode is supported for ConvTranspose2d")
+        output_padding = self._output_padding(input, output_size, self.stride, self.padding,
+                                              self.kernel_size, 2, self.dilation)
+        return cF.conv_transpose2d(input, self.weight, self.bias, self.stride, self.padding,
+                                   output_padding, self.groups, self.dilation)

@@ -1,0 +1,261 @@
+// The three convolution primitives as im2col/col2im + batched GEMM, written once for every
+// backend. A backend supplies only the two data-movement kernels:
+//
+//   Backend::im2col(images, columns, geometry, tile)  images (nb, C, H, W) contiguous ->
+//       columns (C*kh*kw, nb, rows*Wo): the receptive fields of output rows [oh0, oh0+rows)
+//   Backend::col2im(columns, images, geometry, tile)  the adjoint: scatter-*adds* columns
+//       back into images (nb, C, H, W), deterministically
+//
+// and GEMM comes from ATen (MKL/oneDNN BLAS on CPU, cuBLAS on CUDA). The work is tiled over
+// images and output rows so the column workspace never exceeds kColumnBudgetBytes.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+
+#include "conv_params.h"
+
+namespace convops {
+
+// Low-precision inputs are computed in fp32 so that every sum accumulates in fp32.
+inline at::ScalarType compute_dtype(at::ScalarType t) {
+  return (t == at::kHalf || t == at::kBFloat16) ? at::kFloat : t;
+}
+
+// Like ATen: the output is channels_last when the input or the weight is.
+inline at::MemoryFormat conv_output_format(const at::Tensor& input, const at::Tensor& weight) {
+  auto is_cl = [](const at::Tensor& t) {
+    return t.dim() == 4 && t.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
+  };
+  return (is_cl(input) || is_cl(weight)) ? at::MemoryFormat::ChannelsLast
+                                         : at::MemoryFormat::Contiguous;
+}
+
+// A block of the column side: images [n0, n0+images), output rows [oh0, oh0+rows).
+struct ConvTile {
+  int64_t n0, images, oh0, rows;
+};
+
+constexpr int64_t kColumnBudgetBytes = int64_t(32) << 20;
+// Small images are batched so that one GEMM has at least this many columns.
+constexpr int64_t kMinGemmColumns = 2048;
+
+struct TilePlan {
+  int64_t images_per_tile = 1;
+  int64_t rows_per_tile = 1;
+  int64_t workspace_elems = 0;  // column buffer size, in elements
+};
+
+inline TilePlan plan_tiles(const Conv2dGeometry& g, int64_t elem_size) {
+  TilePlan p;
+  const int64_t rows_k = g.groups * g.col_rows_per_group();
+  const int64_t bytes_per_out_row = std::max<int64_t>(1, rows_k * g.out_w * elem_size);
+  const int64_t bytes_per_image = bytes_per_out_row * std::max<int64_t>(1, g.out_h);
+  if (bytes_per_image > kColumnBudgetBytes) {
+    p.images_per_tile = 1;
+    p.rows_per_tile = std::max<int64_t>(1, kColumnBudgetBytes / bytes_per_out_row);
+  } else {
+    const int64_t area = std::max<int64_t>(1, g.out_area());
+    const int64_t wanted = (kMinGemmColumns + area - 1) / area;
+    p.images_per_tile = std::max<int64_t>(
+        1, std::min({g.batch, wanted, kColumnBudgetBytes / bytes_per_image}));
+    p.rows_per_tile = g.out_h;
+  }
+  p.rows_per_tile = std::min(std::max<int64_t>(p.rows_per_tile, 1), std::max<int64_t>(g.out_h, 1));
+  p.workspace_elems = rows_k * p.images_per_tile * p.rows_per_tile * g.out_w;
+  return p;
+}
+
+template <class Fn>
+void for_each_tile(const Conv2dGeometry& g, const TilePlan& p, Fn&& fn) {
+  for (int64_t n0 = 0; n0 < g.batch; n0 += p.images_per_tile) {
+    const int64_t nb = std::min(p.images_per_tile, g.batch - n0);
+    for (int64_t oh0 = 0; oh0 < g.out_h; oh0 += p.rows_per_tile) {
+      fn(ConvTile{n0, nb, oh0, std::min(p.rows_per_tile, g.out_h - oh0)});
+    }
+  }
+}
+
+namespace detail {
+
+inline bool tile_is_one_whole_image(const Conv2dGeometry& g, const ConvTile& t) {
+  return t.images == 1 && t.rows == g.out_h;
+}
+
+// out[b] = a[b] @ b[b] over the group dimension; plain mm when there is one group.
+inline void grouped_mm_out(at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
+  if (a.size(0) == 1) {
+    auto o = out.select(0, 0);
+    at::mm_out(o, a.select(0, 0), b.select(0, 0));
+  } else {
+    at::bmm_out(out, a, b);
+  }
+}
+
+// The column-side block of a tile as a (groups, C/groups, images*rows*Wo) matrix.
+inline at::Tensor gather_column_side(const at::Tensor& t, const Conv2dGeometry& g,
+                                     const ConvTile& tile) {
+  const int64_t cols = tile.images * tile.rows * g.out_w;
+  if (tile_is_one_whole_image(g, tile)) {
+    return t.select(0, tile.n0).reshape({g.groups, g.out_per_group(), cols});
+  }
+  return t.narrow(0, tile.n0, tile.images)
+      .narrow(2, tile.oh0, tile.rows)
+      .permute({1, 0, 2, 3})
+      .reshape({g.groups, g.out_per_group(), cols});
+}
+
+inline void scatter_column_side(at::Tensor& dst, const at::Tensor& block,
+                                const Conv2dGeometry& g, const ConvTile& tile) {
+  dst.narrow(0, tile.n0, tile.images)
+      .narrow(2, tile.oh0, tile.rows)
+      .copy_(block.view({g.out_channels, tile.images, tile.rows, g.out_w}).permute({1, 0, 2, 3}));
+}
+
+inline at::Tensor column_view(at::Tensor& workspace, const Conv2dGeometry& g,
+                              const ConvTile& tile) {
+  const int64_t cols = tile.images * tile.rows * g.out_w;
+  return workspace.narrow(0, 0, g.groups * g.col_rows_per_group() * cols)
+      .view({g.groups, g.col_rows_per_group(), cols});
+}
+
+}  // namespace detail
+
+// conv2d: images (N, C, H, W) -> columns side (N, O, Ho, Wo).
+template <class Backend>
+at::Tensor conv2d_gemm(const at::Tensor& input, const at::Tensor& weight,
+                       const c10::optional<at::Tensor>& bias, const Conv2dGeometry& g) {
+  const auto cdt = compute_dtype(input.scalar_type());
+  const auto x = input.to(cdt).contiguous();
+  const auto w = weight.to(cdt).contiguous().view({g.groups, g.out_per_group(), g.col_rows_per_group()});
+  auto out = at::zeros({g.batch, g.out_channels, g.out_h, g.out_w}, x.options());
+  if (out.numel() > 0 && g.col_rows_per_group() > 0) {
+    const auto plan = plan_tiles(g, x.element_size());
+    const bool direct_columns = g.is_pointwise();
+    at::Tensor workspace;
+    if (!(direct_columns && plan.images_per_tile == 1 && plan.rows_per_tile == g.out_h)) {
+      workspace = at::empty({plan.workspace_elems}, x.options());
+    }
+    for_each_tile(g, plan, [&](const ConvTile& t) {
+      at::Tensor cols;
+      if (direct_columns && detail::tile_is_one_whole_image(g, t)) {
+        cols = x.select(0, t.n0).view({g.groups, g.col_rows_per_group(), g.out_area()});
+      } else {
+        cols = detail::column_view(workspace, g, t);
+        Backend::im2col(x.narrow(0, t.n0, t.images), cols, g, t);
+      }
+      if (detail::tile_is_one_whole_image(g, t)) {
+        auto dst = out.select(0, t.n0).view({g.groups, g.out_per_group(), g.out_area()});
+        detail::grouped_mm_out(dst, w, cols);
+      } else {
+        auto block = at::empty({g.groups, g.out_per_group(), cols.size(2)}, x.options());
+        detail::grouped_mm_out(block, w, cols);
+        detail::scatter_column_side(out, block, g, t);
+      }
+    });
+  }
+  if (bias.has_value() && bias->defined()) {
+    out.add_(bias->to(cdt).view({1, g.out_channels, 1, 1}));
+  }
+  return out.to(input.scalar_type()).contiguous(conv_output_format(input, weight));
+}
+
+// The adjoint of conv2d in its input: column side (N, O, Ho, Wo) -> images (N, C, H, W).
+// This is conv2d's input gradient and, with the weight read as (Cin, Cout/g, kh, kw),
+// conv_transpose2d's forward.
+template <class Backend>
+at::Tensor conv2d_input_grad_gemm(const at::Tensor& columns_side, const at::Tensor& weight,
+                                  const c10::optional<at::Tensor>& bias,
+                                  const Conv2dGeometry& g, at::MemoryFormat format) {
+  const auto cdt = compute_dtype(columns_side.scalar_type());
+  const auto y = columns_side.to(cdt).contiguous();
+  // (groups, C/g*kh*kw, O/g): the transposed weight of each group.
+  const auto wt = weight.to(cdt)
+                      .contiguous()
+                      .view({g.groups, g.out_per_group(), g.col_rows_per_group()})
+                      .transpose(1, 2);
+  auto images = at::zeros({g.batch, g.in_channels, g.in_h, g.in_w}, y.options());
+  if (images.numel() > 0 && y.numel() > 0 && g.out_per_group() > 0) {
+    const auto plan = plan_tiles(g, y.element_size());
+    at::Tensor workspace = at::empty({plan.workspace_elems}, y.options());
+    for_each_tile(g, plan, [&](const ConvTile& t) {
+      const auto y_block = detail::gather_column_side(y, g, t);
+      if (g.is_pointwise() && detail::tile_is_one_whole_image(g, t)) {
+        auto dst = images.select(0, t.n0).view({g.groups, g.col_rows_per_group(), g.in_area()});
+        detail::grouped_mm_out(dst, wt, y_block);
+        return;
+      }
+      auto cols = detail::column_view(workspace, g, t);
+      detail::grouped_mm_out(cols, wt, y_block);
+      auto img = images.narrow(0, t.n0, t.images);
+      Backend::col2im(cols, img, g, t);
+    });
+  }
+  if (bias.has_value() && bias->defined()) {
+    images.add_(bias->to(cdt).view({1, g.in_channels, 1, 1}));
+  }
+  return images.to(columns_side.scalar_type()).contiguous(format);
+}
+
+// conv2d's weight gradient: sum over images and positions of grad_output x receptive field.
+template <class Backend>
+at::Tensor conv2d_weight_grad_gemm(const at::Tensor& grad_output, const at::Tensor& input,
+                                   const Conv2dGeometry& g) {
+  const auto cdt = compute_dtype(input.scalar_type());
+  const auto x = input.to(cdt).contiguous();
+  const auto go = grad_output.to(cdt).contiguous();
+  auto grad_w = at::zeros({g.groups, g.out_per_group(), g.col_rows_per_group()}, x.options());
+  if (grad_w.numel() > 0 && go.numel() > 0) {
+    const auto plan = plan_tiles(g, x.element_size());
+    at::Tensor workspace = at::empty({plan.workspace_elems}, x.options());
+    for_each_tile(g, plan, [&](const ConvTile& t) {
+      const auto go_block = detail::gather_column_side(go, g, t);
+      at::Tensor cols;
+      if (g.is_pointwise() && detail::tile_is_one_whole_image(g, t)) {
+        cols = x.select(0, t.n0).view({g.groups, g.col_rows_per_group(), g.out_area()});
+      } else {
+        cols = detail::column_view(workspace, g, t);
+        Backend::im2col(x.narrow(0, t.n0, t.images), cols, g, t);
+      }
+      if (g.groups == 1) {
+        grad_w.select(0, 0).addmm_(go_block.select(0, 0), cols.select(0, 0).t());
+      } else {
+        grad_w.baddbmm_(go_block, cols.transpose(1, 2));
+      }
+    });
+  }
+  return grad_w.view({g.out_channels, g.in_per_group(), g.kernel_h, g.kernel_w})
+      .to(input.scalar_type());
+}
+
+// Operator entry points: validate, describe, compute. Registered per backend.
+template <class Backend>
+at::Tensor conv2d_op(const at::Tensor& input, const at::Tensor& weight,
+                     const c10::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                     at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  const auto g = conv2d_geometry(input, weight, bias, {stride, padding, dilation, groups});
+  return conv2d_gemm<Backend>(input, weight, bias, g);
+}
+
+template <class Backend>
+at::Tensor conv_transpose2d_op(const at::Tensor& input, const at::Tensor& weight,
+                               const c10::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                               at::IntArrayRef padding, at::IntArrayRef output_padding,
+                               int64_t groups, at::IntArrayRef dilation) {
+  const auto g = conv_transpose2d_geometry(input, weight, bias, {stride, padding, dilation, groups},
+                                           output_padding);
+  return conv2d_input_grad_gemm<Backend>(input, weight, bias, g, conv_output_format(input, weight));
+}
+
+template <class Backend>
+at::Tensor conv2d_weight_grad_op(const at::Tensor& grad_output, const at::Tensor& input,
+                                 at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                                 at::IntArrayRef padding, at::IntArrayRef dilation,
+                                 int64_t groups) {
+  const auto g = conv2d_weight_geometry(grad_output, input, kernel_size,
+                                        {stride, padding, dilation, groups});
+  return conv2d_weight_grad_gemm<Backend>(grad_output, input, g);
+}
+
+}  // namespace convops

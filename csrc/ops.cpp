@@ -1,0 +1,47 @@
+// Every convops schema, in one place. Kernels live in csrc/cpu and csrc/cuda; fake
+// (meta) kernels and autograd are registered from Python (convops/_ops.py).
+#include <Python.h>
+#include <torch/library.h>
+
+#include <sstream>
+
+#include "common/build_info.h"
+
+namespace convops {
+
+BuildInfo& build_info() {
+  static BuildInfo info;
+  return info;
+}
+
+static std::string build_info_string() {
+  const auto& b = build_info();
+  std::ostringstream ss;
+  ss << "cpu_kernel_isas=" << b.cpu_kernel_isas << ";cpu_selected_isa=" << b.cpu_selected_isa
+     << ";cuda_archs=" << b.cuda_archs;
+  return ss.str();
+}
+
+TORCH_LIBRARY(convops, m) {
+  m.def(
+      "conv2d(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, "
+      "int[2] dilation, int groups) -> Tensor");
+  // The adjoint of conv2d in its input; also conv2d's input gradient.
+  m.def(
+      "conv_transpose2d(Tensor input, Tensor weight, Tensor? bias, int[2] stride, "
+      "int[2] padding, SymInt[2] output_padding, int groups, int[2] dilation) -> Tensor");
+  // conv2d's weight gradient (bilinear in grad_output and input).
+  m.def(
+      "conv2d_weight_grad(Tensor grad_output, Tensor input, SymInt[2] kernel_size, "
+      "int[2] stride, int[2] padding, int[2] dilation, int groups) -> Tensor");
+  m.def("_build_info() -> str", &build_info_string);
+}
+
+}  // namespace convops
+
+// The extension is loaded with torch.ops.load_library-style import of this module; it has no
+// Python functions of its own, only the operator registrations above.
+PyMODINIT_FUNC PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
