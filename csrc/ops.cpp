@@ -6,12 +6,22 @@
 #include <sstream>
 
 #include "common/build_info.h"
+#include "common/conv_gemm.h"
 
 namespace convops {
 
 BuildInfo& build_info() {
   static BuildInfo info;
   return info;
+}
+
+std::atomic<int64_t>& workspace_peak_bytes() {
+  static std::atomic<int64_t> peak{0};
+  return peak;
+}
+
+static int64_t read_workspace_peak(bool reset) {
+  return reset ? workspace_peak_bytes().exchange(0) : workspace_peak_bytes().load();
 }
 
 static std::string build_info_string() {
@@ -35,6 +45,8 @@ TORCH_LIBRARY(convops, m) {
       "conv2d_weight_grad(Tensor grad_output, Tensor input, SymInt[2] kernel_size, "
       "int[2] stride, int[2] padding, int[2] dilation, int groups) -> Tensor");
   m.def("_build_info() -> str", &build_info_string);
+  // Peak scratch bytes since the last reset (reset=True returns it and starts over).
+  m.def("_workspace_peak_bytes(bool reset=False) -> int", &read_workspace_peak);
 }
 
 }  // namespace convops

@@ -13,10 +13,25 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <atomic>
 
 #include "conv_params.h"
 
 namespace convops {
+
+// High-water mark of the scratch memory (column workspace and GEMM blocks) the conv kernels
+// allocated, readable and resettable from Python (torch.ops.convops._workspace_peak_bytes).
+std::atomic<int64_t>& workspace_peak_bytes();
+
+inline at::Tensor scratch(int64_t elems, const at::TensorOptions& options) {
+  auto t = at::empty({elems}, options);
+  const int64_t bytes = elems * static_cast<int64_t>(t.element_size());
+  auto& peak = workspace_peak_bytes();
+  int64_t seen = peak.load();
+  while (bytes > seen && !peak.compare_exchange_weak(seen, bytes)) {
+  }
+  return t;
+}
 
 // Low-precision inputs are computed in fp32 so that every sum accumulates in fp32.
 inline at::ScalarType compute_dtype(at::ScalarType t) {
@@ -135,7 +150,7 @@ at::Tensor conv2d_gemm(const at::Tensor& input, const at::Tensor& weight,
     const bool direct_columns = g.is_pointwise();
     at::Tensor workspace;
     if (!(direct_columns && plan.images_per_tile == 1 && plan.rows_per_tile == g.out_h)) {
-      workspace = at::empty({plan.workspace_elems}, x.options());
+      workspace = scratch(plan.workspace_elems, x.options());
     }
     for_each_tile(g, plan, [&](const ConvTile& t) {
       at::Tensor cols;
@@ -149,7 +164,8 @@ at::Tensor conv2d_gemm(const at::Tensor& input, const at::Tensor& weight,
         auto dst = out.select(0, t.n0).view({g.groups, g.out_per_group(), g.out_area()});
         detail::grouped_mm_out(dst, w, cols);
       } else {
-        auto block = at::empty({g.groups, g.out_per_group(), cols.size(2)}, x.options());
+        auto block = scratch(g.out_channels * cols.size(2), x.options())
+                         .view({g.groups, g.out_per_group(), cols.size(2)});
         detail::grouped_mm_out(block, w, cols);
         detail::scatter_column_side(out, block, g, t);
       }
@@ -178,7 +194,7 @@ at::Tensor conv2d_input_grad_gemm(const at::Tensor& columns_side, const at::Tens
   auto images = at::zeros({g.batch, g.in_channels, g.in_h, g.in_w}, y.options());
   if (images.numel() > 0 && y.numel() > 0 && g.out_per_group() > 0) {
     const auto plan = plan_tiles(g, y.element_size());
-    at::Tensor workspace = at::empty({plan.workspace_elems}, y.options());
+    at::Tensor workspace = scratch(plan.workspace_elems, y.options());
     for_each_tile(g, plan, [&](const ConvTile& t) {
       const auto y_block = detail::gather_column_side(y, g, t);
       if (g.is_pointwise() && detail::tile_is_one_whole_image(g, t)) {
@@ -208,7 +224,7 @@ at::Tensor conv2d_weight_grad_gemm(const at::Tensor& grad_output, const at::Tens
   auto grad_w = at::zeros({g.groups, g.out_per_group(), g.col_rows_per_group()}, x.options());
   if (grad_w.numel() > 0 && go.numel() > 0) {
     const auto plan = plan_tiles(g, x.element_size());
-    at::Tensor workspace = at::empty({plan.workspace_elems}, x.options());
+    at::Tensor workspace = scratch(plan.workspace_elems, x.options());
     for_each_tile(g, plan, [&](const ConvTile& t) {
       const auto go_block = detail::gather_column_side(go, g, t);
       at::Tensor cols;

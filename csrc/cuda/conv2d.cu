@@ -9,8 +9,8 @@
 #include "../common/build_info.h"
 #include "../common/conv_gemm.h"
 
-#define CONVOPS_STR_(x) #x
-#define CONVOPS_STR(x) CONVOPS_STR_(x)
+#define CONVOPS_STR_(...) #__VA_ARGS__
+#define CONVOPS_STR(...) CONVOPS_STR_(__VA_ARGS__)
 
 namespace convops {
 namespace {

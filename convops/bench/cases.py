@@ -1,0 +1,59 @@
+"""Benchmark suites. Each case is a layer from a real network, with the reference it must beat."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch.nn.functional as F
+
+from .. import functional as cF
+
+
+@dataclass(frozen=True)
+class Case:
+    suite: str
+    name: str
+    op: str                      # key of OPS
+    input_shape: tuple
+    weight_shape: tuple
+    kwargs: dict = field(default_factory=dict)
+
+    @property
+    def shapes(self) -> dict:
+        return {"input": list(self.input_shape), "weight": list(self.weight_shape), **self.kwargs}
+
+
+# op name -> (convops function, reference name, reference function); oracles live here only.
+OPS = {
+    "conv2d": (cF.conv2d, "torch.nn.functional.conv2d", F.conv2d),
+    "conv1d": (cF.conv1d, "torch.nn.functional.conv1d", F.conv1d),
+    "conv_transpose2d": (cF.conv_transpose2d, "torch.nn.functional.conv_transpose2d", F.conv_transpose2d),
+}
+
+
+def _dense(batch=8):
+    c = lambda name, cin, cout, hw, k, **kw: Case(  # noqa: E731
+        "dense", name, "conv2d", (batch, cin, hw, hw), (cout, cin, k, k), kw)
+    return [
+        c("resnet 3x3 64->64 @56", 64, 64, 56, 3, padding=1),
+        c("resnet 3x3 128->128 @28", 128, 128, 28, 3, padding=1),
+        c("resnet 3x3 256->256 @14", 256, 256, 14, 3, padding=1),
+        c("resnet 3x3 512->512 @7", 512, 512, 7, 3, padding=1),
+        c("stem 7x7 s2 3->64 @224", 3, 64, 224, 7, stride=2, padding=3),
+        c("1x1 s2 64->128 @56", 64, 128, 56, 1, stride=2),
+        c("dilated 3x3 d2 256->256 @28", 256, 256, 28, 3, padding=2, dilation=2),
+        Case("dense", "conv1d k3 256->256 L=4096", "conv1d", (batch, 256, 4096), (256, 256, 3), {"padding": 1}),
+    ]
+
+
+def _transposed(batch=16):
+    t = lambda name, cin, cout, hw, k, **kw: Case(  # noqa: E731
+        "transposed", name, "conv_transpose2d", (batch, cin, hw, hw), (cin, cout, k, k), kw)
+    return [
+        t("4x4 s2 p1 256->128 @16->32", 256, 128, 16, 4, stride=2, padding=1),
+        t("4x4 s2 p1 128->64 @32->64", 128, 64, 32, 4, stride=2, padding=1),
+        t("3x3 s2 p1 op1 64->32 @56->112", 64, 32, 56, 3, stride=2, padding=1, output_padding=1),
+        t("2x2 s2 128->64 @28->56", 128, 64, 28, 2, stride=2),
+    ]
+
+
+SUITES = {"dense": _dense, "transposed": _transposed}

@@ -1,0 +1,180 @@
+"""Runner: for each case, convops and the reference are timed alternately (interleaved rounds,
+torch.utils.benchmark), each round's median kept, and the median over rounds reported. Parity
+of the outputs (and of the gradients in the fwd+bwd pass) is checked on the same tensors."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import torch
+from torch.utils import benchmark
+
+import convops
+
+from .cases import OPS, SUITES, Case
+
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "1073741824", "MALLOC_TRIM_THRESHOLD_": "137438953472"}
+
+
+def _ensure_malloc_env():
+    """glibc reads these at start-up only: re-exec once with them set, or every large freed
+    buffer goes back to the OS and its reuse page-faults, which then dominates the timings."""
+    if all(os.environ.get(k) == v for k, v in MALLOC_ENV.items()) or os.environ.get("CONVOPS_BENCH_NO_REEXEC"):
+        return
+    env = dict(os.environ, **MALLOC_ENV)
+    os.execve(sys.executable, [sys.executable, "-m", "convops.bench"] + sys.argv[1:], env)
+
+
+def machine_info() -> dict:
+    cpu = {"model": platform.processor()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
+        first = dict(line.split(":", 1) for line in text.split("\n\n")[0].splitlines() if ":" in line)
+        first = {k.strip(): v.strip() for k, v in first.items()}
+        flags = set(first.get("flags", "").split())
+        cpu = {"model": first.get("model name", ""), "family": first.get("cpu family", ""),
+               "model_id": first.get("model", ""),
+               "isa": "avx512f" if "avx512f" in flags else ("avx2" if "avx2" in flags else "baseline")}
+    except OSError:
+        pass
+    build = convops._ops.build_info()
+    return {"cpu": cpu, "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "convops": convops.__version__, "cpu_kernel_selected": build.get("cpu_selected_isa"),
+            "malloc_env": {k: os.environ.get(k) for k in MALLOC_ENV}}
+
+
+def _make_inputs(case: Case, device, dtype, requires_grad):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(case.input_shape, generator=g).to(device, dtype).requires_grad_(requires_grad)
+    w = (torch.randn(case.weight_shape, generator=g) * 0.05).to(device, dtype).requires_grad_(requires_grad)
+    bias_len = case.weight_shape[1] * case.kwargs.get("groups", 1) if case.op.startswith("conv_transpose") \
+        else case.weight_shape[0]
+    b = torch.randn(bias_len, generator=g).to(device, dtype).requires_grad_(requires_grad)
+    return x, w, b
+
+
+def _callable(fn, case, x, w, b, backward):
+    if not backward:
+        def run():
+            with torch.no_grad():
+                return fn(x, w, b, **case.kwargs)
+        return run
+    grad = None
+
+    def run():
+        nonlocal grad
+        out = fn(x, w, b, **case.kwargs)
+        if grad is None:
+            grad = torch.ones_like(out)
+        x.grad = w.grad = b.grad = None
+        out.backward(grad)
+    return run
+
+
+def _parity(case, ours, ref, x, w, b, backward) -> float:
+    """Largest |ours - ref| relative to max|ref|, over the output and (fwd+bwd) the gradients."""
+    def run(fn):
+        xs = [t.detach().clone().requires_grad_(backward) for t in (x, w, b)]
+        out = fn(*xs, **case.kwargs)
+        if not backward:
+            return [out.detach()]
+        gy = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(out)
+        return [out.detach()] + list(torch.autograd.grad(out, xs, gy))
+    worst = 0.0
+    for a, r in zip(run(ours), run(ref)):
+        scale = r.abs().max().item() or 1.0
+        worst = max(worst, (a.double() - r.double()).abs().max().item() / scale)
+    return worst
+
+
+def measure(case: Case, backward: bool, rounds: int, min_run_time: float, device="cpu", dtype=torch.float32):
+    ours_fn, ref_name, ref_fn = OPS[case.op]
+    x, w, b = _make_inputs(case, device, dtype, backward)
+    ours = _callable(ours_fn, case, x, w, b, backward)
+    ref = _callable(ref_fn, case, x, w, b, backward)
+    ours(), ref()  # warm-up (allocator, oneDNN primitive cache)
+    torch.ops.convops._workspace_peak_bytes(True)
+    ours()
+    workspace = torch.ops.convops._workspace_peak_bytes(True)
+    times = {"ours": [], "ref": []}
+    for _ in range(rounds):
+        for key, fn in (("ours", ours), ("ref", ref)):
+            t = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+            times[key].append(t.blocked_autorange(min_run_time=min_run_time).median * 1e3)
+    ours_ms, ref_ms = statistics.median(times["ours"]), statistics.median(times["ref"])
+    return {
+        "suite": case.suite, "case": case.name, "op": case.op, "shapes": case.shapes,
+        "dtype": str(dtype).replace("torch.", ""), "device": device,
+        "pass": "fwd+bwd" if backward else "fwd",
+        "convops_ms": round(ours_ms, 4), "reference": ref_name, "reference_ms": round(ref_ms, 4),
+        "ratio": round(ours_ms / ref_ms, 3),
+        "max_rel_err": _parity(case, ours_fn, ref_fn, x, w, b, backward),
+        "workspace_peak_mb": round(workspace / 2**20, 2),
+        "rounds": rounds,
+    }
+
+
+def run_suites(names, quick=False, passes=("fwd", "fwd+bwd"), log=print):
+    rounds, min_time = (2, 0.05) if quick else (5, 0.3)
+    rows = []
+    for name in names:
+        for case in SUITES[name]():
+            for p in passes:
+                row = measure(case, p == "fwd+bwd", rounds, min_time)
+                rows.append(row)
+                log(f"  {row['suite']:<10} {row['case']:<34} {row['pass']:<8} convops {row['convops_ms']:9.3f} ms"
+                    f"  ref {row['reference_ms']:9.3f} ms  ratio {row['ratio']:5.2f}  err {row['max_rel_err']:.1e}")
+    return rows
+
+
+def markdown(rows, info) -> str:
+    cpu = info["cpu"]
+    lines = [f"CPU: {cpu.get('model')} (family {cpu.get('family')} model {cpu.get('model_id')}, {cpu.get('isa')}), "
+             f"{info['threads']} threads, torch {info['torch']}, fp32, NCHW. Ratio = convops / reference time "
+             f"(lower is better), medians of {rows[0]['rounds'] if rows else 0} interleaved rounds.", "",
+             "| suite | case | pass | convops ms | reference ms | ratio | max rel err | workspace MiB |",
+             "|---|---|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['suite']} | {r['case']} | {r['pass']} | {r['convops_ms']:.2f} | {r['reference_ms']:.2f} | "
+                     f"{r['ratio']:.2f} | {r['max_rel_err']:.1e} | {r['workspace_peak_mb']:.1f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m convops.bench", description=__doc__)
+    parser.add_argument("--suite", action="append", choices=sorted(SUITES) + ["all"],
+                        help="suite to run (repeatable; default: all)")
+    parser.add_argument("--quick", action="store_true", help="fewer, shorter rounds")
+    parser.add_argument("--pass", dest="passes", action="append", choices=["fwd", "fwd+bwd"])
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads before running")
+    parser.add_argument("--json", help="write the rows and machine info to this path")
+    parser.add_argument("--markdown", help="write the Markdown table to this path")
+    args = parser.parse_args(argv)
+    _ensure_malloc_env()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    names = sorted(SUITES) if not args.suite or "all" in args.suite else args.suite
+    info = machine_info()
+    print(f"convops bench: {info['cpu']}, {info['threads']} threads, torch {info['torch']}")
+    start = time.time()
+    rows = run_suites(names, quick=args.quick, passes=tuple(args.passes or ("fwd", "fwd+bwd")))
+    table = markdown(rows, info)
+    print("\n" + table)
+    print(f"\n({time.time() - start:.0f} s)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": info, "rows": rows}, f, indent=1)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(table + "\n")
+    bad = [r for r in rows if r["max_rel_err"] > 1e-3]
+    if bad:
+        print(f"PARITY FAILURE in {len(bad)} rows", file=sys.stderr)
+        return 1
+    return 0
