@@ -21,8 +21,17 @@ def _want_cuda(torch):
 def _prepare_cuda_env(torch):
     """nvcc needs CUDA_HOME, the cu13 headers shipped in the torch wheel's nvidia packages,
     and an arch list when no GPU is visible to derive one from."""
-    if not os.environ.get("CUDA_HOME") and os.path.exists("/usr/local/cuda/bin/nvcc"):
-        os.environ["CUDA_HOME"] = "/usr/local/cuda"
+    from torch.utils import cpp_extension
+
+    # cpp_extension guesses CUDA_HOME at import from the nvcc on PATH, which can be a symlink
+    # outside the toolkit (/usr/local/bin/nvcc -> CUDA_HOME=/usr/local, no lib64 there).
+    cuda_home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    if not cuda_home and os.path.exists("/usr/local/cuda/bin/nvcc"):
+        cuda_home = "/usr/local/cuda"
+    cuda_home = cuda_home or cpp_extension.CUDA_HOME
+    if cuda_home:
+        os.environ["CUDA_HOME"] = cuda_home
+        cpp_extension.CUDA_HOME = cuda_home
     include_dirs = []
     try:
         import nvidia  # namespace package of the CUDA wheels torch depends on
@@ -50,7 +59,6 @@ def _extensions():
     use_cuda = _want_cuda(torch)
     if use_cuda:
         include_dirs = _prepare_cuda_env(torch)
-        cpp_extension.CUDA_HOME = cpp_extension.CUDA_HOME or os.environ.get("CUDA_HOME")
         sources += sorted(glob.glob("csrc/cuda/*.cu"))
         return [cpp_extension.CUDAExtension(
             "convops._C", sources, include_dirs=include_dirs,

@@ -144,8 +144,11 @@ at::Tensor conv2d_gemm(const at::Tensor& input, const at::Tensor& weight,
   const auto cdt = compute_dtype(input.scalar_type());
   const auto x = input.to(cdt).contiguous();
   const auto w = weight.to(cdt).contiguous().view({g.groups, g.out_per_group(), g.col_rows_per_group()});
-  auto out = at::zeros({g.batch, g.out_channels, g.out_h, g.out_w}, x.options());
-  if (out.numel() > 0 && g.col_rows_per_group() > 0) {
+  // Every output element is written by a GEMM, unless the reduction is empty (no channels).
+  const bool empty_reduction = g.col_rows_per_group() == 0;
+  auto out = empty_reduction ? at::zeros({g.batch, g.out_channels, g.out_h, g.out_w}, x.options())
+                             : at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, x.options());
+  if (out.numel() > 0 && !empty_reduction) {
     const auto plan = plan_tiles(g, x.element_size());
     const bool direct_columns = g.is_pointwise();
     at::Tensor workspace;
