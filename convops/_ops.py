@@ -72,6 +72,12 @@ def _check_device_dtype(input, weight, bias):
                          f"float16), but got {input.dtype}")
 
 
+def _check_nonempty_spatial(input):
+    torch._check(input.numel() != 0 or input.shape[0] == 0 or input.shape[1] == 0,
+                 lambda: f"Only zero batch or zero channel inputs are supported, but got input shape: "
+                         f"{list(input.shape)}")
+
+
 def _check_weight_groups(weight, groups):
     torch._check(weight.shape[0] >= groups,
                  lambda: f"Given groups={groups}, expected weight to be at least {groups} at dimension 0, "
@@ -117,6 +123,7 @@ def check_conv2d(input, weight, bias, stride, padding, dilation, groups):
                          f"{input.shape[1]} channels instead")
     _check_bias(bias, weight.shape[0], weight)
     _check_kernel_fits(input.shape[2], input.shape[3], padding, dilation, weight.shape[2], weight.shape[3])
+    _check_nonempty_spatial(input)
 
 
 def check_conv_transpose2d(input, weight, bias, stride, padding, output_padding, groups, dilation):
@@ -139,6 +146,7 @@ def check_conv_transpose2d(input, weight, bias, stride, padding, output_padding,
                          f"input{list(input.shape)} to have {weight.shape[0]} channels, but got "
                          f"{input.shape[1]} channels instead")
     _check_bias(bias, weight.shape[1] * groups, weight, prefix="Given transposed=1, ")
+    _check_nonempty_spatial(input)
 
 
 def _conv_transpose2d_out_hw(input, weight, stride, padding, output_padding, dilation):

@@ -116,6 +116,13 @@ inline void check_bias(const c10::optional<at::Tensor>& bias, int64_t channels,
               " elements, but got bias of size ", bias->sizes(), " instead");
 }
 
+// Like ATen: an empty input is fine only when the emptiness is in the batch or channels.
+inline void check_nonempty_spatial(const at::Tensor& input) {
+  TORCH_CHECK(input.numel() != 0 || input.size(0) == 0 || input.size(1) == 0,
+              "Only zero batch or zero channel inputs are supported, but got input shape: ",
+              input.sizes());
+}
+
 inline void check_kernel_fits(int64_t in_h, int64_t in_w, const Conv2dArgs& a, int64_t kh,
                               int64_t kw) {
   const int64_t padded_h = in_h + 2 * a.padding[0], padded_w = in_w + 2 * a.padding[1];
@@ -144,6 +151,7 @@ inline Conv2dGeometry conv2d_geometry(const at::Tensor& input, const at::Tensor&
               " channels instead");
   check_bias(bias, weight.size(0), weight);
   check_kernel_fits(input.size(2), input.size(3), a, weight.size(2), weight.size(3));
+  check_nonempty_spatial(input);
 
   Conv2dGeometry g;
   g.batch = input.size(0);
@@ -194,6 +202,7 @@ inline Conv2dGeometry conv_transpose2d_geometry(const at::Tensor& input,
               weight.sizes(), ", expected input", input.sizes(), " to have ", weight.size(0),
               " channels, but got ", input.size(1), " channels instead");
   check_bias(bias, weight.size(1) * a.groups, weight, "Given transposed=1, ");
+  check_nonempty_spatial(input);
 
   Conv2dGeometry g;
   g.batch = input.size(0);
