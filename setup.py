@@ -55,17 +55,21 @@ def _extensions():
     from torch.utils import cpp_extension
 
     sources = ["csrc/ops.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
-    cxx_flags = ["-O3", "-fvisibility=hidden"]  # -std comes from torch
+    # -std comes from torch. -fopenmp: at::parallel_for is inlined from ATen's headers and is a
+    # serial loop unless the extension itself is compiled with OpenMP (torch's backend).
+    cxx_flags = ["-O3", "-fvisibility=hidden", "-fopenmp"]
+    link_flags = ["-fopenmp"]
     use_cuda = _want_cuda(torch)
     if use_cuda:
         include_dirs = _prepare_cuda_env(torch)
         sources += sorted(glob.glob("csrc/cuda/*.cu"))
         return [cpp_extension.CUDAExtension(
             "convops._C", sources, include_dirs=include_dirs,
+            extra_link_args=link_flags,
             extra_compile_args={"cxx": cxx_flags + ["-DCONVOPS_WITH_CUDA"],
                                 "nvcc": ["-O3", "-DCONVOPS_WITH_CUDA",
                                          "--expt-relaxed-constexpr"]})]
-    return [cpp_extension.CppExtension("convops._C", sources,
+    return [cpp_extension.CppExtension("convops._C", sources, extra_link_args=link_flags,
                                        extra_compile_args={"cxx": cxx_flags})]
 
 

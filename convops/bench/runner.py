@@ -103,17 +103,21 @@ def measure(case: Case, backward: bool, rounds: int, min_run_time: float, device
     ours()
     workspace = torch.ops.convops._workspace_peak_bytes(True)
     times = {"ours": [], "ref": []}
-    for _ in range(rounds):
-        for key, fn in (("ours", ours), ("ref", ref)):
+    for i in range(rounds):
+        # Alternate which goes first, and pair each round's two medians: the VM's speed drifts
+        # over seconds, so only measurements taken back to back are compared.
+        order = (("ours", ours), ("ref", ref)) if i % 2 == 0 else (("ref", ref), ("ours", ours))
+        for key, fn in order:
             t = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
             times[key].append(t.blocked_autorange(min_run_time=min_run_time).median * 1e3)
+    ratio = statistics.median(o / r for o, r in zip(times["ours"], times["ref"]))
     ours_ms, ref_ms = statistics.median(times["ours"]), statistics.median(times["ref"])
     return {
         "suite": case.suite, "case": case.name, "op": case.op, "shapes": case.shapes,
         "dtype": str(dtype).replace("torch.", ""), "device": device,
         "pass": "fwd+bwd" if backward else "fwd",
         "convops_ms": round(ours_ms, 4), "reference": ref_name, "reference_ms": round(ref_ms, 4),
-        "ratio": round(ours_ms / ref_ms, 3),
+        "ratio": round(ratio, 3),
         "max_rel_err": _parity(case, ours_fn, ref_fn, x, w, b, backward),
         "workspace_peak_mb": round(workspace / 2**20, 2),
         "rounds": rounds,
@@ -121,7 +125,7 @@ def measure(case: Case, backward: bool, rounds: int, min_run_time: float, device
 
 
 def run_suites(names, quick=False, passes=("fwd", "fwd+bwd"), log=print):
-    rounds, min_time = (2, 0.05) if quick else (5, 0.3)
+    rounds, min_time = (3, 0.05) if quick else (11, 0.1)
     rows = []
     for name in names:
         for case in SUITES[name]():
@@ -137,7 +141,8 @@ def markdown(rows, info) -> str:
     cpu = info["cpu"]
     lines = [f"CPU: {cpu.get('model')} (family {cpu.get('family')} model {cpu.get('model_id')}, {cpu.get('isa')}), "
              f"{info['threads']} threads, torch {info['torch']}, fp32, NCHW. Ratio = convops / reference time "
-             f"(lower is better), medians of {rows[0]['rounds'] if rows else 0} interleaved rounds.", "",
+             f"(lower is better): median over {rows[0]['rounds'] if rows else 0} interleaved rounds of the "
+             f"per-round ratio; times are medians.", "",
              "| suite | case | pass | convops ms | reference ms | ratio | max rel err | workspace MiB |",
              "|---|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:

@@ -8,6 +8,10 @@
 //
 // and GEMM comes from ATen (MKL/oneDNN BLAS on CPU, cuBLAS on CUDA). The work is tiled over
 // images and output rows so the column workspace never exceeds kColumnBudgetBytes.
+//
+// A backend may also take over the whole loop for shapes where it has a better schedule:
+// Backend::forward_schedule / input_grad_schedule / weight_grad_schedule receive the prepared
+// (compute-dtype, contiguous) operands and return false to fall back to the tiles below.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -148,7 +152,7 @@ at::Tensor conv2d_gemm(const at::Tensor& input, const at::Tensor& weight,
   const bool empty_reduction = g.col_rows_per_group() == 0;
   auto out = empty_reduction ? at::zeros({g.batch, g.out_channels, g.out_h, g.out_w}, x.options())
                              : at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, x.options());
-  if (out.numel() > 0 && !empty_reduction) {
+  if (out.numel() > 0 && !empty_reduction && !Backend::forward_schedule(x, w, out, g)) {
     const auto plan = plan_tiles(g, x.element_size());
     const bool direct_columns = g.is_pointwise();
     at::Tensor workspace;
@@ -195,7 +199,8 @@ at::Tensor conv2d_input_grad_gemm(const at::Tensor& columns_side, const at::Tens
                       .view({g.groups, g.out_per_group(), g.col_rows_per_group()})
                       .transpose(1, 2);
   auto images = at::zeros({g.batch, g.in_channels, g.in_h, g.in_w}, y.options());
-  if (images.numel() > 0 && y.numel() > 0 && g.out_per_group() > 0) {
+  if (images.numel() > 0 && y.numel() > 0 && g.out_per_group() > 0 &&
+      !Backend::input_grad_schedule(y, wt, images, g)) {
     const auto plan = plan_tiles(g, y.element_size());
     at::Tensor workspace = scratch(plan.workspace_elems, y.options());
     for_each_tile(g, plan, [&](const ConvTile& t) {
@@ -225,7 +230,7 @@ at::Tensor conv2d_weight_grad_gemm(const at::Tensor& grad_output, const at::Tens
   const auto x = input.to(cdt).contiguous();
   const auto go = grad_output.to(cdt).contiguous();
   auto grad_w = at::zeros({g.groups, g.out_per_group(), g.col_rows_per_group()}, x.options());
-  if (grad_w.numel() > 0 && go.numel() > 0) {
+  if (grad_w.numel() > 0 && go.numel() > 0 && !Backend::weight_grad_schedule(go, x, grad_w, g)) {
     const auto plan = plan_tiles(g, x.element_size());
     at::Tensor workspace = scratch(plan.workspace_elems, x.options());
     for_each_tile(g, plan, [&](const ConvTile& t) {

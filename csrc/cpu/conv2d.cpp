@@ -3,6 +3,7 @@
 // variant is picked once at load time by CPUID (GCC target_clones / ifunc), so the same binary
 // runs on every x86-64 CPU and never needs -march=native.
 #include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -20,8 +21,44 @@
 #endif
 #define CONVOPS_INLINE inline __attribute__((always_inline))
 
+// MKL's per-thread thread count (the C entry point; the lower-case name is the Fortran one,
+// taking int*); weak, so a torch built without MKL still loads us.
+extern "C" int MKL_Set_Num_Threads_Local(int) __attribute__((weak));
+
 namespace convops {
 namespace {
+
+// BLAS called from inside our own parallel region must run on the calling thread alone:
+// torch turns MKL's dynamic threading off and libgomp allows nested teams, so an MKL call
+// there would start a second team per thread and oversubscribe the cores (no speed-up at all
+// from the second thread, measured).
+class SingleThreadedBlas {
+ public:
+  SingleThreadedBlas() {
+    if (MKL_Set_Num_Threads_Local) previous_ = MKL_Set_Num_Threads_Local(1);
+  }
+  ~SingleThreadedBlas() {
+    if (MKL_Set_Num_Threads_Local) MKL_Set_Num_Threads_Local(previous_);
+  }
+  SingleThreadedBlas(const SingleThreadedBlas&) = delete;
+  SingleThreadedBlas& operator=(const SingleThreadedBlas&) = delete;
+
+ private:
+  int previous_ = 0;
+};
+
+// at::parallel_for for work items that call GEMMs: each worker runs in the caller's dispatch
+// state (OpenMP workers do not inherit it, and the GEMMs go through the dispatcher) with
+// single-threaded BLAS.
+template <class Fn>
+void parallel_gemm_for(int64_t items, const Fn& fn) {
+  const at::ThreadLocalState caller_state;
+  at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
+    const at::ThreadLocalStateGuard state_guard(caller_state);
+    const SingleThreadedBlas single_threaded_blas;
+    fn(begin, end);
+  });
+}
 
 // Output columns [lo, hi) of a kernel tap read inside the input row; the rest is padding.
 struct ValidSpan {
@@ -135,6 +172,68 @@ int64_t grain_for(int64_t elems_per_item) {
   return std::max<int64_t>(1, (int64_t(1) << 15) / std::max<int64_t>(1, elems_per_item));
 }
 
+// The CPU schedule. Threads take (image, band of output rows) items; a band's columns are
+// sized to stay in L2 between the im2col that writes them and the single-threaded GEMM that
+// reads them, so the column matrix never travels through DRAM, and the skinny GEMMs of
+// convolutions (few output channels, long rows) are split by us rather than inside BLAS,
+// where they scale poorly. Needs at least one image per thread; otherwise the generic tiles
+// (one BLAS-threaded GEMM per tile) run.
+constexpr int64_t kBandBytes = int64_t(768) << 10;
+
+struct BandPlan {
+  int64_t rows, bands;
+};
+
+BandPlan band_plan(const Conv2dGeometry& g, int64_t elem_size) {
+  const int64_t row_bytes =
+      std::max<int64_t>(1, g.groups * g.col_rows_per_group() * g.out_w * elem_size);
+  int64_t rows = std::clamp<int64_t>(kBandBytes / row_bytes, 1, std::max<int64_t>(g.out_h, 1));
+  const int64_t bands = (g.out_h + rows - 1) / rows;
+  rows = (g.out_h + bands - 1) / bands;  // equal bands, no sliver at the end
+  return {rows, bands};
+}
+
+bool band_schedule_applies(const Conv2dGeometry& g) {
+  return g.batch >= at::get_num_threads() && g.out_area() > 0;
+}
+
+// The band of item i: image n, output rows [oh0, oh0 + rows).
+struct Band {
+  int64_t n, oh0, rows;
+  int64_t columns(const Conv2dGeometry& g) const { return rows * g.out_w; }
+  ConvTile tile() const { return ConvTile{0, 1, oh0, rows}; }
+};
+
+Band band_of(const Conv2dGeometry& g, const BandPlan& bp, int64_t item) {
+  const int64_t n = item / bp.bands, oh0 = (item % bp.bands) * bp.rows;
+  return {n, oh0, std::min(bp.rows, g.out_h - oh0)};
+}
+
+// (groups, C/groups, P) view of a band of a column-side tensor (N, C, Ho, Wo).
+at::Tensor column_side_band(const at::Tensor& t, const Conv2dGeometry& g, const Band& b) {
+  const int64_t channels = t.size(1);
+  return t.select(0, b.n)
+      .view({g.groups, channels / g.groups, g.out_area()})
+      .narrow(2, b.oh0 * g.out_w, b.columns(g));
+}
+
+// The band's im2col matrix (groups, C/g*kh*kw, P), in buf, or the input itself for a 1x1 conv.
+at::Tensor band_columns(const at::Tensor& x, at::Tensor& buf, const Conv2dGeometry& g,
+                        const Band& b) {
+  if (g.is_pointwise()) return column_side_band(x, g, b);
+  const int64_t rows_k = g.groups * g.col_rows_per_group();
+  auto cols = buf.narrow(0, 0, rows_k * b.columns(g)).view({g.groups, g.col_rows_per_group(), b.columns(g)});
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "convops_im2col_band", [&] {
+    im2col_dispatch(x.data_ptr<scalar_t>() + b.n * g.in_channels * g.in_area(),
+                    cols.data_ptr<scalar_t>(), g, b.tile(), 0, rows_k);
+  });
+  return cols;
+}
+
+int64_t band_workspace_elems(const Conv2dGeometry& g, const BandPlan& bp) {
+  return g.groups * g.col_rows_per_group() * bp.rows * g.out_w;
+}
+
 struct CpuBackend {
   static void im2col(const at::Tensor& images, at::Tensor& columns, const Conv2dGeometry& g,
                      const ConvTile& t) {
@@ -157,6 +256,88 @@ struct CpuBackend {
       at::parallel_for(0, planes, grain_for(g.kernel_area() * t.rows * g.out_w),
                        [&](int64_t b, int64_t e) { col2im_dispatch(c, x, g, t, b, e); });
     });
+  }
+
+  // out (N, O, Ho, Wo) = w (G, O/G, K) x columns, band by band.
+  static bool forward_schedule(const at::Tensor& x, const at::Tensor& w, at::Tensor& out,
+                               const Conv2dGeometry& g) {
+    if (!band_schedule_applies(g)) return false;
+    const auto bp = band_plan(g, x.element_size());
+    parallel_gemm_for(g.batch * bp.bands, [&](int64_t begin, int64_t end) {
+      at::Tensor buf = g.is_pointwise() ? at::Tensor() : scratch(band_workspace_elems(g, bp), x.options());
+      for (int64_t item = begin; item < end; ++item) {
+        const Band b = band_of(g, bp, item);
+        const auto cols = band_columns(x, buf, g, b);
+        auto dst = column_side_band(out, g, b);
+        for (int64_t grp = 0; grp < g.groups; ++grp) {
+          auto d = dst.select(0, grp);
+          at::mm_out(d, w.select(0, grp), cols.select(0, grp));
+        }
+      }
+    });
+    return true;
+  }
+
+  // grad_w (G, O/G, K) = sum over bands of grad_output band x columns^T. Each thread sums its
+  // fixed share of the bands into its own buffer; the buffers are added in thread order, so
+  // the result is deterministic for a given thread count.
+  static bool weight_grad_schedule(const at::Tensor& go, const at::Tensor& x, at::Tensor& grad_w,
+                                   const Conv2dGeometry& g) {
+    if (!band_schedule_applies(g)) return false;
+    const auto bp = band_plan(g, x.element_size());
+    const int64_t items = g.batch * bp.bands;
+    const int64_t shares = std::min<int64_t>(at::get_num_threads(), items);
+    auto partial = scratch(shares * grad_w.numel(), x.options()).zero_().view(
+        {shares, g.groups, g.out_per_group(), g.col_rows_per_group()});
+    parallel_gemm_for(shares, [&](int64_t sb, int64_t se) {
+      at::Tensor buf = g.is_pointwise() ? at::Tensor() : scratch(band_workspace_elems(g, bp), x.options());
+      for (int64_t share = sb; share < se; ++share) {
+        auto acc = partial.select(0, share);
+        for (int64_t item = share * items / shares; item < (share + 1) * items / shares; ++item) {
+          const Band b = band_of(g, bp, item);
+          const auto cols = band_columns(x, buf, g, b);
+          const auto go_band = column_side_band(go, g, b);
+          for (int64_t grp = 0; grp < g.groups; ++grp) {
+            acc.select(0, grp).addmm_(go_band.select(0, grp), cols.select(0, grp).t());
+          }
+        }
+      }
+    });
+    grad_w.copy_(partial.select(0, 0));
+    for (int64_t share = 1; share < shares; ++share) grad_w.add_(partial.select(0, share));
+    return true;
+  }
+
+  // images (N, C, H, W) = col2im(wt (G, K, O/G) x grad_output band). Bands of one image
+  // overlap in the image, so an image belongs to one thread.
+  static bool input_grad_schedule(const at::Tensor& y, const at::Tensor& wt, at::Tensor& images,
+                                  const Conv2dGeometry& g) {
+    if (!band_schedule_applies(g)) return false;
+    const auto bp = band_plan(g, y.element_size());
+    parallel_gemm_for(g.batch, [&](int64_t begin, int64_t end) {
+      at::Tensor buf = g.is_pointwise() ? at::Tensor() : scratch(band_workspace_elems(g, bp), y.options());
+      for (int64_t n = begin; n < end; ++n) {
+        for (int64_t band = 0; band < bp.bands; ++band) {
+          const Band b = band_of(g, bp, n * bp.bands + band);
+          const auto y_band = column_side_band(y, g, b);
+          at::Tensor cols = g.is_pointwise()
+                                ? column_side_band(images, g, b)
+                                : buf.narrow(0, 0, band_workspace_elems(g, bp) / bp.rows * b.rows)
+                                      .view({g.groups, g.col_rows_per_group(), b.columns(g)});
+          for (int64_t grp = 0; grp < g.groups; ++grp) {
+            auto c = cols.select(0, grp);
+            at::mm_out(c, wt.select(0, grp), y_band.select(0, grp));
+          }
+          if (g.is_pointwise()) continue;
+          AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "convops_col2im_band", [&] {
+            col2im_dispatch(cols.data_ptr<scalar_t>(),
+                            images.data_ptr<scalar_t>() + n * g.in_channels * g.in_area(), g,
+                            b.tile(), 0, g.in_channels);
+          });
+        }
+      }
+    });
+    return true;
   }
 };
 

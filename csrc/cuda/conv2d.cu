@@ -73,6 +73,20 @@ __global__ void col2im_kernel(const T* __restrict__ columns, T* __restrict__ ima
 }
 
 struct CudaBackend {
+  // The generic tiles (one cuBLAS GEMM per tile) are the CUDA schedule.
+  static bool forward_schedule(const at::Tensor&, const at::Tensor&, at::Tensor&,
+                               const Conv2dGeometry&) {
+    return false;
+  }
+  static bool input_grad_schedule(const at::Tensor&, const at::Tensor&, at::Tensor&,
+                                  const Conv2dGeometry&) {
+    return false;
+  }
+  static bool weight_grad_schedule(const at::Tensor&, const at::Tensor&, at::Tensor&,
+                                   const Conv2dGeometry&) {
+    return false;
+  }
+
   static void im2col(const at::Tensor& images, at::Tensor& columns, const Conv2dGeometry& g,
                      const ConvTile& t) {
     const c10::cuda::CUDAGuard guard(images.device());
