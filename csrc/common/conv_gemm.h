@@ -10,8 +10,9 @@
 // images and output rows so the column workspace never exceeds kColumnBudgetBytes.
 //
 // A backend may also take over the whole loop for shapes where it has a better schedule:
-// Backend::forward_schedule / input_grad_schedule / weight_grad_schedule receive the prepared
-// (compute-dtype, contiguous) operands and return false to fall back to the tiles below.
+// Backend::forward_schedule (which also adds the bias) / input_grad_schedule /
+// weight_grad_schedule receive the prepared (compute-dtype, contiguous) operands and return
+// false to fall back to the tiles below.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -148,11 +149,14 @@ at::Tensor conv2d_gemm(const at::Tensor& input, const at::Tensor& weight,
   const auto cdt = compute_dtype(input.scalar_type());
   const auto x = input.to(cdt).contiguous();
   const auto w = weight.to(cdt).contiguous().view({g.groups, g.out_per_group(), g.col_rows_per_group()});
+  const at::Tensor b = (bias.has_value() && bias->defined()) ? bias->to(cdt) : at::Tensor();
   // Every output element is written by a GEMM, unless the reduction is empty (no channels).
   const bool empty_reduction = g.col_rows_per_group() == 0;
   auto out = empty_reduction ? at::zeros({g.batch, g.out_channels, g.out_h, g.out_w}, x.options())
                              : at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, x.options());
-  if (out.numel() > 0 && !empty_reduction && !Backend::forward_schedule(x, w, out, g)) {
+  const bool has_work = out.numel() > 0 && !empty_reduction;
+  const bool scheduled = has_work && Backend::forward_schedule(x, w, b, out, g);
+  if (has_work && !scheduled) {
     const auto plan = plan_tiles(g, x.element_size());
     const bool direct_columns = g.is_pointwise();
     at::Tensor workspace;
@@ -178,9 +182,7 @@ at::Tensor conv2d_gemm(const at::Tensor& input, const at::Tensor& weight,
       }
     });
   }
-  if (bias.has_value() && bias->defined()) {
-    out.add_(bias->to(cdt).view({1, g.out_channels, 1, 1}));
-  }
+  if (b.defined() && !scheduled) out.add_(b.view({1, g.out_channels, 1, 1}));
   return out.to(input.scalar_type()).contiguous(conv_output_format(input, weight));
 }
 

@@ -193,8 +193,12 @@ BandPlan band_plan(const Conv2dGeometry& g, int64_t elem_size) {
   return {rows, bands};
 }
 
+// Below this many output positions per image, per-image GEMMs are too narrow for BLAS; the
+// generic tiles batch several images into one wide GEMM instead.
+constexpr int64_t kMinBandArea = 128;
+
 bool band_schedule_applies(const Conv2dGeometry& g) {
-  return g.batch >= at::get_num_threads() && g.out_area() > 0;
+  return g.batch >= at::get_num_threads() && g.out_area() >= kMinBandArea;
 }
 
 // The band of item i: image n, output rows [oh0, oh0 + rows).
@@ -258,9 +262,10 @@ struct CpuBackend {
     });
   }
 
-  // out (N, O, Ho, Wo) = w (G, O/G, K) x columns, band by band.
-  static bool forward_schedule(const at::Tensor& x, const at::Tensor& w, at::Tensor& out,
-                               const Conv2dGeometry& g) {
+  // out (N, O, Ho, Wo) = w (G, O/G, K) x columns + bias, band by band (the bias is added
+  // while the band is still in cache).
+  static bool forward_schedule(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias,
+                               at::Tensor& out, const Conv2dGeometry& g) {
     if (!band_schedule_applies(g)) return false;
     const auto bp = band_plan(g, x.element_size());
     parallel_gemm_for(g.batch * bp.bands, [&](int64_t begin, int64_t end) {
@@ -273,6 +278,7 @@ struct CpuBackend {
           auto d = dst.select(0, grp);
           at::mm_out(d, w.select(0, grp), cols.select(0, grp));
         }
+        if (bias.defined()) dst.add_(bias.view({g.groups, g.out_per_group(), 1}));
       }
     });
     return true;

@@ -74,8 +74,8 @@ __global__ void col2im_kernel(const T* __restrict__ columns, T* __restrict__ ima
 
 struct CudaBackend {
   // The generic tiles (one cuBLAS GEMM per tile) are the CUDA schedule.
-  static bool forward_schedule(const at::Tensor&, const at::Tensor&, at::Tensor&,
-                               const Conv2dGeometry&) {
+  static bool forward_schedule(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                               at::Tensor&, const Conv2dGeometry&) {
     return false;
   }
   static bool input_grad_schedule(const at::Tensor&, const at::Tensor&, at::Tensor&,
