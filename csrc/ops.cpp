@@ -15,13 +15,15 @@ BuildInfo& build_info() {
   return info;
 }
 
-std::atomic<int64_t>& workspace_peak_bytes() {
-  static std::atomic<int64_t> peak{0};
-  return peak;
+ScratchStats& scratch_stats() {
+  static ScratchStats stats;
+  return stats;
 }
 
+// The peak of live scratch bytes; reset=True returns it and restarts from what is live now.
 static int64_t read_workspace_peak(bool reset) {
-  return reset ? workspace_peak_bytes().exchange(0) : workspace_peak_bytes().load();
+  auto& stats = scratch_stats();
+  return reset ? stats.peak.exchange(stats.live.load()) : stats.peak.load();
 }
 
 static std::string build_info_string() {
@@ -45,7 +47,7 @@ TORCH_LIBRARY(convops, m) {
       "conv2d_weight_grad(Tensor grad_output, Tensor input, SymInt[2] kernel_size, "
       "int[2] stride, int[2] padding, int[2] dilation, int groups) -> Tensor");
   m.def("_build_info() -> str", &build_info_string);
-  // Peak scratch bytes since the last reset (reset=True returns it and starts over).
+  // Peak of the scratch bytes live at once since the last reset.
   m.def("_workspace_peak_bytes(bool reset=False) -> int", &read_workspace_peak);
 }
 

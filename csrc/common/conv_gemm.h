@@ -24,19 +24,35 @@
 
 namespace convops {
 
-// High-water mark of the scratch memory (column workspace and GEMM blocks) the conv kernels
-// allocated, readable and resettable from Python (torch.ops.convops._workspace_peak_bytes).
-std::atomic<int64_t>& workspace_peak_bytes();
+// Scratch memory of the conv kernels (column workspaces, GEMM blocks, per-thread partial
+// sums). The high-water mark of what is live at once is readable from Python
+// (torch.ops.convops._workspace_peak_bytes), so benchmarks report measured extra memory.
+struct ScratchStats {
+  std::atomic<int64_t> live{0};
+  std::atomic<int64_t> peak{0};
+};
+ScratchStats& scratch_stats();
 
-inline at::Tensor scratch(int64_t elems, const at::TensorOptions& options) {
-  auto t = at::empty({elems}, options);
-  const int64_t bytes = elems * static_cast<int64_t>(t.element_size());
-  auto& peak = workspace_peak_bytes();
-  int64_t seen = peak.load();
-  while (bytes > seen && !peak.compare_exchange_weak(seen, bytes)) {
+class ScratchBuffer {
+ public:
+  ScratchBuffer(int64_t elems, const at::TensorOptions& options)
+      : tensor_(at::empty({elems}, options)), bytes_(static_cast<int64_t>(tensor_.nbytes())) {
+    auto& stats = scratch_stats();
+    const int64_t live = stats.live.fetch_add(bytes_) + bytes_;
+    int64_t seen = stats.peak.load();
+    while (live > seen && !stats.peak.compare_exchange_weak(seen, live)) {
+    }
   }
-  return t;
-}
+  ~ScratchBuffer() { scratch_stats().live.fetch_sub(bytes_); }
+  ScratchBuffer(const ScratchBuffer&) = delete;
+  ScratchBuffer& operator=(const ScratchBuffer&) = delete;
+
+  const at::Tensor& tensor() const { return tensor_; }
+
+ private:
+  at::Tensor tensor_;
+  int64_t bytes_;
+};
 
 // Low-precision inputs are computed in fp32 so that every sum accumulates in fp32.
 inline at::ScalarType compute_dtype(at::ScalarType t) {
@@ -133,7 +149,7 @@ inline void scatter_column_side(at::Tensor& dst, const at::Tensor& block,
       .copy_(block.view({g.out_channels, tile.images, tile.rows, g.out_w}).permute({1, 0, 2, 3}));
 }
 
-inline at::Tensor column_view(at::Tensor& workspace, const Conv2dGeometry& g,
+inline at::Tensor column_view(const at::Tensor& workspace, const Conv2dGeometry& g,
                               const ConvTile& tile) {
   const int64_t cols = tile.images * tile.rows * g.out_w;
   return workspace.narrow(0, 0, g.groups * g.col_rows_per_group() * cols)
@@ -159,24 +175,23 @@ at::Tensor conv2d_gemm(const at::Tensor& input, const at::Tensor& weight,
   if (has_work && !scheduled) {
     const auto plan = plan_tiles(g, x.element_size());
     const bool direct_columns = g.is_pointwise();
-    at::Tensor workspace;
-    if (!(direct_columns && plan.images_per_tile == 1 && plan.rows_per_tile == g.out_h)) {
-      workspace = scratch(plan.workspace_elems, x.options());
-    }
+    const bool needs_columns =
+        !(direct_columns && plan.images_per_tile == 1 && plan.rows_per_tile == g.out_h);
+    const ScratchBuffer workspace(needs_columns ? plan.workspace_elems : 0, x.options());
     for_each_tile(g, plan, [&](const ConvTile& t) {
       at::Tensor cols;
       if (direct_columns && detail::tile_is_one_whole_image(g, t)) {
         cols = x.select(0, t.n0).view({g.groups, g.col_rows_per_group(), g.out_area()});
       } else {
-        cols = detail::column_view(workspace, g, t);
+        cols = detail::column_view(workspace.tensor(), g, t);
         Backend::im2col(x.narrow(0, t.n0, t.images), cols, g, t);
       }
       if (detail::tile_is_one_whole_image(g, t)) {
         auto dst = out.select(0, t.n0).view({g.groups, g.out_per_group(), g.out_area()});
         detail::grouped_mm_out(dst, w, cols);
       } else {
-        auto block = scratch(g.out_channels * cols.size(2), x.options())
-                         .view({g.groups, g.out_per_group(), cols.size(2)});
+        const ScratchBuffer block_buf(g.out_channels * cols.size(2), x.options());
+        auto block = block_buf.tensor().view({g.groups, g.out_per_group(), cols.size(2)});
         detail::grouped_mm_out(block, w, cols);
         detail::scatter_column_side(out, block, g, t);
       }
@@ -204,7 +219,7 @@ at::Tensor conv2d_input_grad_gemm(const at::Tensor& columns_side, const at::Tens
   if (images.numel() > 0 && y.numel() > 0 && g.out_per_group() > 0 &&
       !Backend::input_grad_schedule(y, wt, images, g)) {
     const auto plan = plan_tiles(g, y.element_size());
-    at::Tensor workspace = scratch(plan.workspace_elems, y.options());
+    const ScratchBuffer workspace(plan.workspace_elems, y.options());
     for_each_tile(g, plan, [&](const ConvTile& t) {
       const auto y_block = detail::gather_column_side(y, g, t);
       if (g.is_pointwise() && detail::tile_is_one_whole_image(g, t)) {
@@ -212,7 +227,7 @@ at::Tensor conv2d_input_grad_gemm(const at::Tensor& columns_side, const at::Tens
         detail::grouped_mm_out(dst, wt, y_block);
         return;
       }
-      auto cols = detail::column_view(workspace, g, t);
+      auto cols = detail::column_view(workspace.tensor(), g, t);
       detail::grouped_mm_out(cols, wt, y_block);
       auto img = images.narrow(0, t.n0, t.images);
       Backend::col2im(cols, img, g, t);
@@ -234,14 +249,14 @@ at::Tensor conv2d_weight_grad_gemm(const at::Tensor& grad_output, const at::Tens
   auto grad_w = at::zeros({g.groups, g.out_per_group(), g.col_rows_per_group()}, x.options());
   if (grad_w.numel() > 0 && go.numel() > 0 && !Backend::weight_grad_schedule(go, x, grad_w, g)) {
     const auto plan = plan_tiles(g, x.element_size());
-    at::Tensor workspace = scratch(plan.workspace_elems, x.options());
+    const ScratchBuffer workspace(plan.workspace_elems, x.options());
     for_each_tile(g, plan, [&](const ConvTile& t) {
       const auto go_block = detail::gather_column_side(go, g, t);
       at::Tensor cols;
       if (g.is_pointwise() && detail::tile_is_one_whole_image(g, t)) {
         cols = x.select(0, t.n0).view({g.groups, g.col_rows_per_group(), g.out_area()});
       } else {
-        cols = detail::column_view(workspace, g, t);
+        cols = detail::column_view(workspace.tensor(), g, t);
         Backend::im2col(x.narrow(0, t.n0, t.images), cols, g, t);
       }
       if (g.groups == 1) {

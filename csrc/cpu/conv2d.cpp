@@ -222,7 +222,7 @@ at::Tensor column_side_band(const at::Tensor& t, const Conv2dGeometry& g, const 
 }
 
 // The band's im2col matrix (groups, C/g*kh*kw, P), in buf, or the input itself for a 1x1 conv.
-at::Tensor band_columns(const at::Tensor& x, at::Tensor& buf, const Conv2dGeometry& g,
+at::Tensor band_columns(const at::Tensor& x, const at::Tensor& buf, const Conv2dGeometry& g,
                         const Band& b) {
   if (g.is_pointwise()) return column_side_band(x, g, b);
   const int64_t rows_k = g.groups * g.col_rows_per_group();
@@ -269,7 +269,8 @@ struct CpuBackend {
     if (!band_schedule_applies(g)) return false;
     const auto bp = band_plan(g, x.element_size());
     parallel_gemm_for(g.batch * bp.bands, [&](int64_t begin, int64_t end) {
-      at::Tensor buf = g.is_pointwise() ? at::Tensor() : scratch(band_workspace_elems(g, bp), x.options());
+      const ScratchBuffer band_buf(g.is_pointwise() ? 0 : band_workspace_elems(g, bp), x.options());
+      const at::Tensor& buf = band_buf.tensor();
       for (int64_t item = begin; item < end; ++item) {
         const Band b = band_of(g, bp, item);
         const auto cols = band_columns(x, buf, g, b);
@@ -293,10 +294,12 @@ struct CpuBackend {
     const auto bp = band_plan(g, x.element_size());
     const int64_t items = g.batch * bp.bands;
     const int64_t shares = std::min<int64_t>(at::get_num_threads(), items);
-    auto partial = scratch(shares * grad_w.numel(), x.options()).zero_().view(
+    const ScratchBuffer partial_buf(shares * grad_w.numel(), x.options());
+    auto partial = partial_buf.tensor().zero_().view(
         {shares, g.groups, g.out_per_group(), g.col_rows_per_group()});
     parallel_gemm_for(shares, [&](int64_t sb, int64_t se) {
-      at::Tensor buf = g.is_pointwise() ? at::Tensor() : scratch(band_workspace_elems(g, bp), x.options());
+      const ScratchBuffer band_buf(g.is_pointwise() ? 0 : band_workspace_elems(g, bp), x.options());
+      const at::Tensor& buf = band_buf.tensor();
       for (int64_t share = sb; share < se; ++share) {
         auto acc = partial.select(0, share);
         for (int64_t item = share * items / shares; item < (share + 1) * items / shares; ++item) {
@@ -321,7 +324,8 @@ struct CpuBackend {
     if (!band_schedule_applies(g)) return false;
     const auto bp = band_plan(g, y.element_size());
     parallel_gemm_for(g.batch, [&](int64_t begin, int64_t end) {
-      at::Tensor buf = g.is_pointwise() ? at::Tensor() : scratch(band_workspace_elems(g, bp), y.options());
+      const ScratchBuffer band_buf(g.is_pointwise() ? 0 : band_workspace_elems(g, bp), y.options());
+      const at::Tensor& buf = band_buf.tensor();
       for (int64_t n = begin; n < end; ++n) {
         for (int64_t band = 0; band < bp.bands; ++band) {
           const Band b = band_of(g, bp, n * bp.bands + band);
