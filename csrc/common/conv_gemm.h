@@ -2,12 +2,13 @@
 // backend. A backend supplies only the two data-movement kernels:
 //
 //   Backend::im2col(images, columns, geometry, tile)  images (nb, C, H, W) contiguous ->
-//       columns (C*kh*kw, nb, rows*Wo): the receptive fields of output rows [oh0, oh0+rows)
+//       columns (C*kh*kw, nb, rows*width): the receptive fields of the tile's output block
 //   Backend::col2im(columns, images, geometry, tile)  the adjoint: scatter-*adds* columns
 //       back into images (nb, C, H, W), deterministically
 //
 // and GEMM comes from ATen (MKL/oneDNN BLAS on CPU, cuBLAS on CUDA). The work is tiled over
-// images and output rows so the column workspace never exceeds kColumnBudgetBytes.
+// images, output rows and (for very wide rows) row segments, so the column workspace never
+// exceeds kColumnBudgetBytes.
 //
 // A backend may also take over the whole loop for shapes where it has a better schedule:
 // Backend::forward_schedule (which also adds the bias) / input_grad_schedule /
@@ -68,9 +69,13 @@ inline at::MemoryFormat conv_output_format(const at::Tensor& input, const at::Te
                                          : at::MemoryFormat::Contiguous;
 }
 
-// A block of the column side: images [n0, n0+images), output rows [oh0, oh0+rows).
+// A block of the column side: images [n0, n0+images), output rows [oh0, oh0+rows) and in
+// them output columns [ow0, ow0+width). A tile narrower than a row is one row high, so its
+// block is a contiguous range of each output plane.
 struct ConvTile {
-  int64_t n0, images, oh0, rows;
+  int64_t n0, images, oh0, rows, ow0, width;
+  int64_t columns_per_image() const { return rows * width; }
+  int64_t columns() const { return images * rows * width; }
 };
 
 constexpr int64_t kColumnBudgetBytes = int64_t(32) << 20;
@@ -80,15 +85,24 @@ constexpr int64_t kMinGemmColumns = 2048;
 struct TilePlan {
   int64_t images_per_tile = 1;
   int64_t rows_per_tile = 1;
-  int64_t workspace_elems = 0;  // column buffer size, in elements
+  int64_t width_per_tile = 1;
+  int64_t workspace_elems = 0;    // im2col columns of one tile, in elements
+  int64_t column_side_elems = 0;  // one tile's block of the column side (N, O, Ho, Wo)
 };
 
 inline TilePlan plan_tiles(const Conv2dGeometry& g, int64_t elem_size) {
   TilePlan p;
   const int64_t rows_k = g.groups * g.col_rows_per_group();
-  const int64_t bytes_per_out_row = std::max<int64_t>(1, rows_k * g.out_w * elem_size);
+  // Each output position of a tile costs its im2col column and its column-side block entries.
+  const int64_t bytes_per_out_col = std::max<int64_t>(1, (rows_k + g.out_channels) * elem_size);
+  const int64_t bytes_per_out_row = bytes_per_out_col * std::max<int64_t>(1, g.out_w);
   const int64_t bytes_per_image = bytes_per_out_row * std::max<int64_t>(1, g.out_h);
-  if (bytes_per_image > kColumnBudgetBytes) {
+  p.width_per_tile = g.out_w;
+  if (bytes_per_out_row > kColumnBudgetBytes) {
+    p.images_per_tile = 1;
+    p.rows_per_tile = 1;
+    p.width_per_tile = std::max<int64_t>(1, kColumnBudgetBytes / bytes_per_out_col);
+  } else if (bytes_per_image > kColumnBudgetBytes) {
     p.images_per_tile = 1;
     p.rows_per_tile = std::max<int64_t>(1, kColumnBudgetBytes / bytes_per_out_row);
   } else {
@@ -99,7 +113,10 @@ inline TilePlan plan_tiles(const Conv2dGeometry& g, int64_t elem_size) {
     p.rows_per_tile = g.out_h;
   }
   p.rows_per_tile = std::min(std::max<int64_t>(p.rows_per_tile, 1), std::max<int64_t>(g.out_h, 1));
-  p.workspace_elems = rows_k * p.images_per_tile * p.rows_per_tile * g.out_w;
+  p.width_per_tile = std::min(std::max<int64_t>(p.width_per_tile, 1), std::max<int64_t>(g.out_w, 1));
+  const int64_t tile_columns = p.images_per_tile * p.rows_per_tile * p.width_per_tile;
+  p.workspace_elems = rows_k * tile_columns;
+  p.column_side_elems = g.out_channels * tile_columns;
   return p;
 }
 
@@ -108,7 +125,10 @@ void for_each_tile(const Conv2dGeometry& g, const TilePlan& p, Fn&& fn) {
   for (int64_t n0 = 0; n0 < g.batch; n0 += p.images_per_tile) {
     const int64_t nb = std::min(p.images_per_tile, g.batch - n0);
     for (int64_t oh0 = 0; oh0 < g.out_h; oh0 += p.rows_per_tile) {
-      fn(ConvTile{n0, nb, oh0, std::min(p.rows_per_tile, g.out_h - oh0)});
+      const int64_t rows = std::min(p.rows_per_tile, g.out_h - oh0);
+      for (int64_t ow0 = 0; ow0 < g.out_w; ow0 += p.width_per_tile) {
+        fn(ConvTile{n0, nb, oh0, rows, ow0, std::min(p.width_per_tile, g.out_w - ow0)});
+      }
     }
   }
 }
@@ -116,7 +136,7 @@ void for_each_tile(const Conv2dGeometry& g, const TilePlan& p, Fn&& fn) {
 namespace detail {
 
 inline bool tile_is_one_whole_image(const Conv2dGeometry& g, const ConvTile& t) {
-  return t.images == 1 && t.rows == g.out_h;
+  return t.images == 1 && t.rows == g.out_h && t.width == g.out_w;
 }
 
 // out[b] = a[b] @ b[b] over the group dimension; plain mm when there is one group.
@@ -129,29 +149,34 @@ inline void grouped_mm_out(at::Tensor& out, const at::Tensor& a, const at::Tenso
   }
 }
 
-// The column-side block of a tile as a (groups, C/groups, images*rows*Wo) matrix.
+// The column-side block of a tile as a (groups, C/groups, images*rows*width) matrix: a view
+// for one whole image, else gathered into buf.
 inline at::Tensor gather_column_side(const at::Tensor& t, const Conv2dGeometry& g,
-                                     const ConvTile& tile) {
-  const int64_t cols = tile.images * tile.rows * g.out_w;
+                                     const ConvTile& tile, const at::Tensor& buf) {
+  const int64_t cols = tile.columns();
   if (tile_is_one_whole_image(g, tile)) {
-    return t.select(0, tile.n0).reshape({g.groups, g.out_per_group(), cols});
+    return t.select(0, tile.n0).view({g.groups, g.out_per_group(), cols});
   }
-  return t.narrow(0, tile.n0, tile.images)
-      .narrow(2, tile.oh0, tile.rows)
-      .permute({1, 0, 2, 3})
-      .reshape({g.groups, g.out_per_group(), cols});
+  auto block = buf.narrow(0, 0, g.out_channels * cols)
+                   .view({g.out_channels, tile.images, tile.rows, tile.width});
+  block.copy_(t.narrow(0, tile.n0, tile.images)
+                  .narrow(2, tile.oh0, tile.rows)
+                  .narrow(3, tile.ow0, tile.width)
+                  .permute({1, 0, 2, 3}));
+  return block.view({g.groups, g.out_per_group(), cols});
 }
 
 inline void scatter_column_side(at::Tensor& dst, const at::Tensor& block,
                                 const Conv2dGeometry& g, const ConvTile& tile) {
   dst.narrow(0, tile.n0, tile.images)
       .narrow(2, tile.oh0, tile.rows)
-      .copy_(block.view({g.out_channels, tile.images, tile.rows, g.out_w}).permute({1, 0, 2, 3}));
+      .narrow(3, tile.ow0, tile.width)
+      .copy_(block.view({g.out_channels, tile.images, tile.rows, tile.width}).permute({1, 0, 2, 3}));
 }
 
 inline at::Tensor column_view(const at::Tensor& workspace, const Conv2dGeometry& g,
                               const ConvTile& tile) {
-  const int64_t cols = tile.images * tile.rows * g.out_w;
+  const int64_t cols = tile.columns();
   return workspace.narrow(0, 0, g.groups * g.col_rows_per_group() * cols)
       .view({g.groups, g.col_rows_per_group(), cols});
 }
@@ -175,9 +200,12 @@ at::Tensor conv2d_gemm(const at::Tensor& input, const at::Tensor& weight,
   if (has_work && !scheduled) {
     const auto plan = plan_tiles(g, x.element_size());
     const bool direct_columns = g.is_pointwise();
-    const bool needs_columns =
-        !(direct_columns && plan.images_per_tile == 1 && plan.rows_per_tile == g.out_h);
+    const bool needs_columns = !(direct_columns && plan.images_per_tile == 1 &&
+                                 plan.rows_per_tile == g.out_h && plan.width_per_tile == g.out_w);
     const ScratchBuffer workspace(needs_columns ? plan.workspace_elems : 0, x.options());
+    const bool whole_images = plan.images_per_tile == 1 && plan.rows_per_tile == g.out_h &&
+                              plan.width_per_tile == g.out_w;
+    const ScratchBuffer block_buf(whole_images ? 0 : plan.column_side_elems, x.options());
     for_each_tile(g, plan, [&](const ConvTile& t) {
       at::Tensor cols;
       if (direct_columns && detail::tile_is_one_whole_image(g, t)) {
@@ -190,8 +218,9 @@ at::Tensor conv2d_gemm(const at::Tensor& input, const at::Tensor& weight,
         auto dst = out.select(0, t.n0).view({g.groups, g.out_per_group(), g.out_area()});
         detail::grouped_mm_out(dst, w, cols);
       } else {
-        const ScratchBuffer block_buf(g.out_channels * cols.size(2), x.options());
-        auto block = block_buf.tensor().view({g.groups, g.out_per_group(), cols.size(2)});
+        auto block = block_buf.tensor()
+                         .narrow(0, 0, g.out_channels * cols.size(2))
+                         .view({g.groups, g.out_per_group(), cols.size(2)});
         detail::grouped_mm_out(block, w, cols);
         detail::scatter_column_side(out, block, g, t);
       }
@@ -220,8 +249,9 @@ at::Tensor conv2d_input_grad_gemm(const at::Tensor& columns_side, const at::Tens
       !Backend::input_grad_schedule(y, wt, images, g)) {
     const auto plan = plan_tiles(g, y.element_size());
     const ScratchBuffer workspace(plan.workspace_elems, y.options());
+    const ScratchBuffer y_buf(plan.column_side_elems, y.options());
     for_each_tile(g, plan, [&](const ConvTile& t) {
-      const auto y_block = detail::gather_column_side(y, g, t);
+      const auto y_block = detail::gather_column_side(y, g, t, y_buf.tensor());
       if (g.is_pointwise() && detail::tile_is_one_whole_image(g, t)) {
         auto dst = images.select(0, t.n0).view({g.groups, g.col_rows_per_group(), g.in_area()});
         detail::grouped_mm_out(dst, wt, y_block);
@@ -250,8 +280,9 @@ at::Tensor conv2d_weight_grad_gemm(const at::Tensor& grad_output, const at::Tens
   if (grad_w.numel() > 0 && go.numel() > 0 && !Backend::weight_grad_schedule(go, x, grad_w, g)) {
     const auto plan = plan_tiles(g, x.element_size());
     const ScratchBuffer workspace(plan.workspace_elems, x.options());
+    const ScratchBuffer go_buf(plan.column_side_elems, x.options());
     for_each_tile(g, plan, [&](const ConvTile& t) {
-      const auto go_block = detail::gather_column_side(go, g, t);
+      const auto go_block = detail::gather_column_side(go, g, t, go_buf.tensor());
       at::Tensor cols;
       if (g.is_pointwise() && detail::tile_is_one_whole_image(g, t)) {
         cols = x.select(0, t.n0).view({g.groups, g.col_rows_per_group(), g.out_area()});

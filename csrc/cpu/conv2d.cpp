@@ -74,32 +74,43 @@ CONVOPS_INLINE ValidSpan valid_output_span(int64_t first_in, int64_t stride, int
   return {lo, hi};
 }
 
+// The same span for kernel column kj, restricted to the tile's output columns and counted
+// from its first one; first_in is the input column that the tile's first output reads.
+struct TileRowSpan {
+  ValidSpan span;
+  int64_t first_in;
+};
+
+CONVOPS_INLINE TileRowSpan tile_row_span(const Conv2dGeometry& g, const ConvTile& t, int64_t kj) {
+  const int64_t first_in = (t.ow0 * g.stride_w) - g.pad_w + kj * g.dilation_w;
+  return {valid_output_span(first_in, g.stride_w, g.in_w, t.width), first_in};
+}
+
 // Rows [begin, end) of the column matrix; row i is (kernel row r = i / images, image i % images).
 template <typename T>
 CONVOPS_INLINE void im2col_range(const T* images, T* columns, const Conv2dGeometry& g,
                                  const ConvTile& t, int64_t begin, int64_t end) {
-  const int64_t area = g.kernel_area(), row_len = t.rows * g.out_w;
+  const int64_t area = g.kernel_area(), row_len = t.columns_per_image();
   for (int64_t i = begin; i < end; ++i) {
     const int64_t r = i / t.images, b = i % t.images;
     const int64_t c = r / area, ki = (r % area) / g.kernel_w, kj = r % g.kernel_w;
     const T* plane = images + (b * g.in_channels + c) * g.in_area();
     T* dst = columns + i * row_len;
-    const int64_t iw0 = kj * g.dilation_w - g.pad_w;
-    const auto span = valid_output_span(iw0, g.stride_w, g.in_w, g.out_w);
-    for (int64_t oh = 0; oh < t.rows; ++oh, dst += g.out_w) {
+    const auto [span, first_in] = tile_row_span(g, t, kj);
+    for (int64_t oh = 0; oh < t.rows; ++oh, dst += t.width) {
       const int64_t ih = (t.oh0 + oh) * g.stride_h - g.pad_h + ki * g.dilation_h;
       if (ih < 0 || ih >= g.in_h) {
-        std::fill(dst, dst + g.out_w, T(0));
+        std::fill(dst, dst + t.width, T(0));
         continue;
       }
-      const T* src = plane + ih * g.in_w + iw0;
+      const T* src = plane + ih * g.in_w + first_in;
       std::fill(dst, dst + span.lo, T(0));
       if (g.stride_w == 1) {
         std::memcpy(dst + span.lo, src + span.lo, (span.hi - span.lo) * sizeof(T));
       } else {
         for (int64_t ow = span.lo; ow < span.hi; ++ow) dst[ow] = src[ow * g.stride_w];
       }
-      std::fill(dst + span.hi, dst + g.out_w, T(0));
+      std::fill(dst + span.hi, dst + t.width, T(0));
     }
   }
 }
@@ -109,19 +120,18 @@ CONVOPS_INLINE void im2col_range(const T* images, T* columns, const Conv2dGeomet
 template <typename T>
 CONVOPS_INLINE void col2im_range(const T* columns, T* images, const Conv2dGeometry& g,
                                  const ConvTile& t, int64_t begin, int64_t end) {
-  const int64_t area = g.kernel_area(), row_len = t.rows * g.out_w;
+  const int64_t area = g.kernel_area(), row_len = t.columns_per_image();
   for (int64_t p = begin; p < end; ++p) {
     const int64_t b = p / g.in_channels, c = p % g.in_channels;
     T* plane = images + p * g.in_area();
     for (int64_t tap = 0; tap < area; ++tap) {
       const int64_t ki = tap / g.kernel_w, kj = tap % g.kernel_w;
       const T* src = columns + ((c * area + tap) * t.images + b) * row_len;
-      const int64_t iw0 = kj * g.dilation_w - g.pad_w;
-      const auto span = valid_output_span(iw0, g.stride_w, g.in_w, g.out_w);
-      for (int64_t oh = 0; oh < t.rows; ++oh, src += g.out_w) {
+      const auto [span, first_in] = tile_row_span(g, t, kj);
+      for (int64_t oh = 0; oh < t.rows; ++oh, src += t.width) {
         const int64_t ih = (t.oh0 + oh) * g.stride_h - g.pad_h + ki * g.dilation_h;
         if (ih < 0 || ih >= g.in_h) continue;
-        T* dst = plane + ih * g.in_w + iw0;
+        T* dst = plane + ih * g.in_w + first_in;
         if (g.stride_w == 1) {
           for (int64_t ow = span.lo; ow < span.hi; ++ow) dst[ow] += src[ow];
         } else {
@@ -180,17 +190,30 @@ int64_t grain_for(int64_t elems_per_item) {
 // (one BLAS-threaded GEMM per tile) run.
 constexpr int64_t kBandBytes = int64_t(768) << 10;
 
+// Bands of `rows` output rows, or, when one row alone is too wide, one-row segments of
+// `width` columns; `bands` per image.
 struct BandPlan {
-  int64_t rows, bands;
+  int64_t rows, width, segments_per_row, bands;
 };
 
+// n parts of at most `part` each, as equal as possible: no sliver at the end.
+int64_t even_part(int64_t total, int64_t part) {
+  const int64_t parts = (total + part - 1) / part;
+  return (total + parts - 1) / parts;
+}
+
 BandPlan band_plan(const Conv2dGeometry& g, int64_t elem_size) {
-  const int64_t row_bytes =
-      std::max<int64_t>(1, g.groups * g.col_rows_per_group() * g.out_w * elem_size);
-  int64_t rows = std::clamp<int64_t>(kBandBytes / row_bytes, 1, std::max<int64_t>(g.out_h, 1));
-  const int64_t bands = (g.out_h + rows - 1) / rows;
-  rows = (g.out_h + bands - 1) / bands;  // equal bands, no sliver at the end
-  return {rows, bands};
+  const int64_t col_bytes = std::max<int64_t>(1, g.groups * g.col_rows_per_group() * elem_size);
+  const int64_t row_bytes = col_bytes * g.out_w;
+  BandPlan bp{1, g.out_w, 1, 0};
+  if (row_bytes > kBandBytes) {
+    bp.width = even_part(g.out_w, std::max<int64_t>(1, kBandBytes / col_bytes));
+    bp.segments_per_row = (g.out_w + bp.width - 1) / bp.width;
+  } else {
+    bp.rows = even_part(g.out_h, std::clamp<int64_t>(kBandBytes / row_bytes, 1, g.out_h));
+  }
+  bp.bands = (g.out_h + bp.rows - 1) / bp.rows * bp.segments_per_row;
+  return bp;
 }
 
 // Below this many output positions per image, per-image GEMMs are too narrow for BLAS; the
@@ -201,16 +224,21 @@ bool band_schedule_applies(const Conv2dGeometry& g) {
   return g.batch >= at::get_num_threads() && g.out_area() >= kMinBandArea;
 }
 
-// The band of item i: image n, output rows [oh0, oh0 + rows).
+// The band of item i: image n, output rows [oh0, oh0 + rows), columns [ow0, ow0 + width).
 struct Band {
-  int64_t n, oh0, rows;
-  int64_t columns(const Conv2dGeometry& g) const { return rows * g.out_w; }
-  ConvTile tile() const { return ConvTile{0, 1, oh0, rows}; }
+  int64_t n;
+  ConvTile tile;  // relative to image n
+  int64_t columns() const { return tile.columns_per_image(); }
+  // First output position of the band in its (flattened) output plane.
+  int64_t offset(const Conv2dGeometry& g) const { return tile.oh0 * g.out_w + tile.ow0; }
 };
 
 Band band_of(const Conv2dGeometry& g, const BandPlan& bp, int64_t item) {
-  const int64_t n = item / bp.bands, oh0 = (item % bp.bands) * bp.rows;
-  return {n, oh0, std::min(bp.rows, g.out_h - oh0)};
+  const int64_t n = item / bp.bands, in_image = item % bp.bands;
+  const int64_t oh0 = in_image / bp.segments_per_row * bp.rows;
+  const int64_t ow0 = in_image % bp.segments_per_row * bp.width;
+  return {n, ConvTile{0, 1, oh0, std::min(bp.rows, g.out_h - oh0), ow0,
+                      std::min(bp.width, g.out_w - ow0)}};
 }
 
 // (groups, C/groups, P) view of a band of a column-side tensor (N, C, Ho, Wo).
@@ -218,7 +246,7 @@ at::Tensor column_side_band(const at::Tensor& t, const Conv2dGeometry& g, const 
   const int64_t channels = t.size(1);
   return t.select(0, b.n)
       .view({g.groups, channels / g.groups, g.out_area()})
-      .narrow(2, b.oh0 * g.out_w, b.columns(g));
+      .narrow(2, b.offset(g), b.columns());
 }
 
 // The band's im2col matrix (groups, C/g*kh*kw, P), in buf, or the input itself for a 1x1 conv.
@@ -226,16 +254,16 @@ at::Tensor band_columns(const at::Tensor& x, const at::Tensor& buf, const Conv2d
                         const Band& b) {
   if (g.is_pointwise()) return column_side_band(x, g, b);
   const int64_t rows_k = g.groups * g.col_rows_per_group();
-  auto cols = buf.narrow(0, 0, rows_k * b.columns(g)).view({g.groups, g.col_rows_per_group(), b.columns(g)});
+  auto cols = buf.narrow(0, 0, rows_k * b.columns()).view({g.groups, g.col_rows_per_group(), b.columns()});
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "convops_im2col_band", [&] {
     im2col_dispatch(x.data_ptr<scalar_t>() + b.n * g.in_channels * g.in_area(),
-                    cols.data_ptr<scalar_t>(), g, b.tile(), 0, rows_k);
+                    cols.data_ptr<scalar_t>(), g, b.tile, 0, rows_k);
   });
   return cols;
 }
 
 int64_t band_workspace_elems(const Conv2dGeometry& g, const BandPlan& bp) {
-  return g.groups * g.col_rows_per_group() * bp.rows * g.out_w;
+  return g.groups * g.col_rows_per_group() * bp.rows * bp.width;
 }
 
 struct CpuBackend {
@@ -245,7 +273,7 @@ struct CpuBackend {
     AT_DISPATCH_FLOATING_TYPES(images.scalar_type(), "convops_im2col_cpu", [&] {
       const scalar_t* x = images.data_ptr<scalar_t>();
       scalar_t* c = columns.data_ptr<scalar_t>();
-      at::parallel_for(0, items, grain_for(t.rows * g.out_w), [&](int64_t b, int64_t e) {
+      at::parallel_for(0, items, grain_for(t.columns_per_image()), [&](int64_t b, int64_t e) {
         im2col_dispatch(x, c, g, t, b, e);
       });
     });
@@ -257,7 +285,7 @@ struct CpuBackend {
     AT_DISPATCH_FLOATING_TYPES(images.scalar_type(), "convops_col2im_cpu", [&] {
       const scalar_t* c = columns.data_ptr<scalar_t>();
       scalar_t* x = images.data_ptr<scalar_t>();
-      at::parallel_for(0, planes, grain_for(g.kernel_area() * t.rows * g.out_w),
+      at::parallel_for(0, planes, grain_for(g.kernel_area() * t.columns_per_image()),
                        [&](int64_t b, int64_t e) { col2im_dispatch(c, x, g, t, b, e); });
     });
   }
@@ -332,8 +360,8 @@ struct CpuBackend {
           const auto y_band = column_side_band(y, g, b);
           at::Tensor cols = g.is_pointwise()
                                 ? column_side_band(images, g, b)
-                                : buf.narrow(0, 0, band_workspace_elems(g, bp) / bp.rows * b.rows)
-                                      .view({g.groups, g.col_rows_per_group(), b.columns(g)});
+                                : buf.narrow(0, 0, g.groups * g.col_rows_per_group() * b.columns())
+                                      .view({g.groups, g.col_rows_per_group(), b.columns()});
           for (int64_t grp = 0; grp < g.groups; ++grp) {
             auto c = cols.select(0, grp);
             at::mm_out(c, wt.select(0, grp), y_band.select(0, grp));
@@ -342,7 +370,7 @@ struct CpuBackend {
           AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "convops_col2im_band", [&] {
             col2im_dispatch(cols.data_ptr<scalar_t>(),
                             images.data_ptr<scalar_t>() + n * g.in_channels * g.in_area(), g,
-                            b.tile(), 0, g.in_channels);
+                            b.tile, 0, g.in_channels);
           });
         }
       }

@@ -21,15 +21,15 @@ inline int blocks_for(int64_t n) {
   return static_cast<int>(std::min<int64_t>((n + kThreads - 1) / kThreads, int64_t(1) << 16));
 }
 
-// One thread per column entry; the column layout is [C*kh*kw][images][rows][Wo].
+// One thread per column entry; the column layout is [C*kh*kw][images][rows][width].
 template <typename T>
 __global__ void im2col_kernel(const T* __restrict__ images, T* __restrict__ columns,
                               Conv2dGeometry g, ConvTile t, int64_t total) {
   const int64_t area = g.kernel_h * g.kernel_w;
   for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
        idx += int64_t(blockDim.x) * gridDim.x) {
-    const int64_t ow = idx % g.out_w;
-    int64_t rest = idx / g.out_w;
+    const int64_t ow = t.ow0 + idx % t.width;
+    int64_t rest = idx / t.width;
     const int64_t oh = rest % t.rows;
     rest /= t.rows;
     const int64_t b = rest % t.images;
@@ -62,10 +62,10 @@ __global__ void col2im_kernel(const T* __restrict__ columns, T* __restrict__ ima
       for (int64_t kj = 0; kj < g.kernel_w; ++kj) {
         const int64_t wnum = iw + g.pad_w - kj * g.dilation_w;
         if (wnum < 0 || wnum % g.stride_w != 0) continue;
-        const int64_t ow = wnum / g.stride_w;
-        if (ow >= g.out_w) continue;
+        const int64_t ow = wnum / g.stride_w - t.ow0;
+        if (ow < 0 || ow >= t.width) continue;
         const int64_t r = c * area + ki * g.kernel_w + kj;
-        sum += columns[((r * t.images + b) * t.rows + oh) * g.out_w + ow];
+        sum += columns[((r * t.images + b) * t.rows + oh) * t.width + ow];
       }
     }
     images[idx] += sum;
