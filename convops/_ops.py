@@ -221,12 +221,16 @@ def _bias_grad(grad: Tensor) -> Tensor:
     return grad.sum((0, 2, 3))
 
 
+def _save(ctx, first: Tensor, second: Tensor, stride, padding, dilation, groups):
+    ctx.save_for_backward(first, second)
+    ctx.hyper = (list(stride), list(padding), list(dilation), groups)
+
+
 # ----------------------------------------------------------------------------- conv2d autograd
 
 def _conv2d_setup_context(ctx, inputs, output):
     input, weight, bias, stride, padding, dilation, groups = inputs
-    ctx.save_for_backward(input, weight)
-    ctx.hyper = (list(stride), list(padding), list(dilation), groups)
+    _save(ctx, input, weight, stride, padding, dilation, groups)
 
 
 def _conv2d_backward(ctx, grad):
@@ -260,8 +264,7 @@ class Conv2dFunction(torch.autograd.Function):
 
 def _conv_transpose2d_setup_context(ctx, inputs, output):
     input, weight, bias, stride, padding, output_padding, groups, dilation = inputs
-    ctx.save_for_backward(input, weight)
-    ctx.hyper = (list(stride), list(padding), list(dilation), groups)
+    _save(ctx, input, weight, stride, padding, dilation, groups)
 
 
 def _conv_transpose2d_backward(ctx, grad):
@@ -299,8 +302,7 @@ class ConvTranspose2dFunction(torch.autograd.Function):
 
 def _weight_grad_setup_context(ctx, inputs, output):
     grad_output, input, kernel_size, stride, padding, dilation, groups = inputs
-    ctx.save_for_backward(grad_output, input)
-    ctx.hyper = (list(stride), list(padding), list(dilation), groups)
+    _save(ctx, grad_output, input, stride, padding, dilation, groups)
 
 
 def _weight_grad_backward(ctx, grad_grad_weight):

@@ -47,6 +47,15 @@ def _check_weight_rank(input: Tensor, weight: Tensor, spatial: int):
                            f"{list(input.shape)} instead")
 
 
+def _as_batched(input: Tensor, weight: Tensor, spatial: int, name: str):
+    """Checks ranks like torch; returns the input with a batch dim and whether it had one."""
+    batched = _check_input_rank(input, spatial, name)
+    if not batched:
+        input = input.unsqueeze(0)
+    _check_weight_rank(input, weight, spatial)
+    return input, batched
+
+
 def _resolve_padding_string(input: Tensor, weight: Tensor, padding: str, stride: list,
                             dilation: list, spatial: int):
     """'valid' is no padding. 'same' pads d*(k-1) per dim, the odd extra on the right/bottom
@@ -69,10 +78,7 @@ def _resolve_padding_string(input: Tensor, weight: Tensor, padding: str, stride:
 
 
 def _conv(input, weight, bias, stride, padding, dilation, groups, spatial, name):
-    batched = _check_input_rank(input, spatial, name)
-    _check_weight_rank(input if batched else input.unsqueeze(0), weight, spatial)
-    if not batched:
-        input = input.unsqueeze(0)
+    input, batched = _as_batched(input, weight, spatial, name)
     stride = _expand(stride, spatial, "stride")
     dilation = _expand(dilation, spatial, "dilation")
     if isinstance(padding, str):
@@ -100,10 +106,7 @@ def conv1d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride:
 
 
 def _conv_transpose(input, weight, bias, stride, padding, output_padding, groups, dilation, spatial, name):
-    batched = _check_input_rank(input, spatial, name)
-    _check_weight_rank(input if batched else input.unsqueeze(0), weight, spatial)
-    if not batched:
-        input = input.unsqueeze(0)
+    input, batched = _as_batched(input, weight, spatial, name)
     stride = _expand(stride, spatial, "stride")
     padding = _expand(padding, spatial, "padding")
     output_padding = _expand(output_padding, spatial, "output_padding")

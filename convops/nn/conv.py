@@ -30,45 +30,55 @@ class _FromTorch:
         return twin
 
 
-class Conv1d(_FromTorch, torch.nn.Conv1d):
+class _ConvTwin(_FromTorch):
+    """forward of torch's Conv1d/Conv2d (padding modes included) on a convops function."""
+
+    @staticmethod
+    def _functional(*args):
+        raise NotImplementedError
+
+    def _conv_forward(self, input: Tensor, weight: Tensor, bias: Optional[Tensor]):
+        if self.padding_mode != "zeros":
+            input = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+            return self._functional(input, weight, bias, self.stride, 0, self.dilation, self.groups)
+        return self._functional(input, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+class _ConvTransposeTwin(_FromTorch):
+    """forward(input, output_size=None) of torch's ConvTranspose1d/2d on a convops function."""
+
+    _spatial_dims: int
+
+    @staticmethod
+    def _functional(*args):
+        raise NotImplementedError
+
+    def forward(self, input: Tensor, output_size: Optional[List[int]] = None) -> Tensor:
+        if self.padding_mode != "zeros":
+            raise ValueError(f"Only `zeros` padding mode is supported for {type(self).__name__}")
+        output_padding = self._output_padding(input, output_size, self.stride, self.padding,
+                                              self.kernel_size, self._spatial_dims, self.dilation)
+        return self._functional(input, self.weight, self.bias, self.stride, self.padding,
+                                output_padding, self.groups, self.dilation)
+
+
+class Conv1d(_ConvTwin, torch.nn.Conv1d):
     _torch_base = torch.nn.Conv1d
-
-    def _conv_forward(self, input: Tensor, weight: Tensor, bias: Optional[Tensor]):
-        if self.padding_mode != "zeros":
-            input = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
-            return cF.conv1d(input, weight, bias, self.stride, 0, self.dilation, self.groups)
-        return cF.conv1d(input, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+    _functional = staticmethod(cF.conv1d)
 
 
-class Conv2d(_FromTorch, torch.nn.Conv2d):
+class Conv2d(_ConvTwin, torch.nn.Conv2d):
     _torch_base = torch.nn.Conv2d
-
-    def _conv_forward(self, input: Tensor, weight: Tensor, bias: Optional[Tensor]):
-        if self.padding_mode != "zeros":
-            input = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
-            return cF.conv2d(input, weight, bias, self.stride, 0, self.dilation, self.groups)
-        return cF.conv2d(input, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+    _functional = staticmethod(cF.conv2d)
 
 
-class ConvTranspose1d(_FromTorch, torch.nn.ConvTranspose1d):
+class ConvTranspose1d(_ConvTransposeTwin, torch.nn.ConvTranspose1d):
     _torch_base = torch.nn.ConvTranspose1d
-
-    def forward(self, input: Tensor, output_size: Optional[List[int]] = None) -> Tensor:
-        if self.padding_mode != "zeros":
-            raise ValueError("Only `zeros` padding mode is supported for ConvTranspose1d")
-        output_padding = self._output_padding(input, output_size, self.stride, self.padding,
-                                              self.kernel_size, 1, self.dilation)
-        return cF.conv_transpose1d(input, self.weight, self.bias, self.stride, self.padding,
-                                   output_padding, self.groups, self.dilation)
+    _functional = staticmethod(cF.conv_transpose1d)
+    _spatial_dims = 1
 
 
-class ConvTranspose2d(_FromTorch, torch.nn.ConvTranspose2d):
+class ConvTranspose2d(_ConvTransposeTwin, torch.nn.ConvTranspose2d):
     _torch_base = torch.nn.ConvTranspose2d
-
-    def forward(self, input: Tensor, output_size: Optional[List[int]] = None) -> Tensor:
-        if self.padding_mode != "zeros":
-            raise ValueError("Only `zeros` padding mode is supported for ConvTranspose2d")
-        output_padding = self._output_padding(input, output_size, self.stride, self.padding,
-                                              self.kernel_size, 2, self.dilation)
-        return cF.conv_transpose2d(input, self.weight, self.bias, self.stride, self.padding,
-                                   output_padding, self.groups, self.dilation)
+    _functional = staticmethod(cF.conv_transpose2d)
+    _spatial_dims = 2

@@ -68,6 +68,22 @@ struct Conv2dArgs {
   int64_t groups;
 };
 
+// The geometry's kernel and hyper-parameters; the sizes are filled in by each op.
+inline Conv2dGeometry geometry_from_args(const Conv2dArgs& a, int64_t kernel_h,
+                                         int64_t kernel_w) {
+  Conv2dGeometry g;
+  g.groups = a.groups;
+  g.kernel_h = kernel_h;
+  g.kernel_w = kernel_w;
+  g.stride_h = a.stride[0];
+  g.stride_w = a.stride[1];
+  g.pad_h = a.padding[0];
+  g.pad_w = a.padding[1];
+  g.dilation_h = a.dilation[0];
+  g.dilation_w = a.dilation[1];
+  return g;
+}
+
 inline void check_hyper_params(const Conv2dArgs& a) {
   TORCH_CHECK(a.stride.size() == 2 && a.padding.size() == 2 && a.dilation.size() == 2,
               "expected stride, padding and dilation to have 2 elements each, but got stride=",
@@ -153,21 +169,12 @@ inline Conv2dGeometry conv2d_geometry(const at::Tensor& input, const at::Tensor&
   check_kernel_fits(input.size(2), input.size(3), a, weight.size(2), weight.size(3));
   check_nonempty_spatial(input);
 
-  Conv2dGeometry g;
+  auto g = geometry_from_args(a, weight.size(2), weight.size(3));
   g.batch = input.size(0);
   g.in_channels = input.size(1);
   g.out_channels = weight.size(0);
-  g.groups = a.groups;
   g.in_h = input.size(2);
   g.in_w = input.size(3);
-  g.kernel_h = weight.size(2);
-  g.kernel_w = weight.size(3);
-  g.stride_h = a.stride[0];
-  g.stride_w = a.stride[1];
-  g.pad_h = a.padding[0];
-  g.pad_w = a.padding[1];
-  g.dilation_h = a.dilation[0];
-  g.dilation_w = a.dilation[1];
   g.out_h = conv_out_size(g.in_h, g.kernel_h, g.stride_h, g.pad_h, g.dilation_h);
   g.out_w = conv_out_size(g.in_w, g.kernel_w, g.stride_w, g.pad_w, g.dilation_w);
   return g;
@@ -204,21 +211,12 @@ inline Conv2dGeometry conv_transpose2d_geometry(const at::Tensor& input,
   check_bias(bias, weight.size(1) * a.groups, weight, "Given transposed=1, ");
   check_nonempty_spatial(input);
 
-  Conv2dGeometry g;
+  auto g = geometry_from_args(a, weight.size(2), weight.size(3));
   g.batch = input.size(0);
   g.out_channels = input.size(1);
   g.in_channels = weight.size(1) * a.groups;
-  g.groups = a.groups;
   g.out_h = input.size(2);
   g.out_w = input.size(3);
-  g.kernel_h = weight.size(2);
-  g.kernel_w = weight.size(3);
-  g.stride_h = a.stride[0];
-  g.stride_w = a.stride[1];
-  g.pad_h = a.padding[0];
-  g.pad_w = a.padding[1];
-  g.dilation_h = a.dilation[0];
-  g.dilation_w = a.dilation[1];
   g.in_h = conv_transpose_out_size(g.out_h, g.kernel_h, g.stride_h, g.pad_h, g.dilation_h,
                                    output_padding[0]);
   g.in_w = conv_transpose_out_size(g.out_w, g.kernel_w, g.stride_w, g.pad_w, g.dilation_w,
@@ -250,21 +248,12 @@ inline Conv2dGeometry conv2d_weight_geometry(const at::Tensor& grad_output,
               ") to be divisible by groups=", a.groups);
   check_kernel_fits(input.size(2), input.size(3), a, kernel_size[0], kernel_size[1]);
 
-  Conv2dGeometry g;
+  auto g = geometry_from_args(a, kernel_size[0], kernel_size[1]);
   g.batch = input.size(0);
   g.in_channels = input.size(1);
   g.out_channels = grad_output.size(1);
-  g.groups = a.groups;
   g.in_h = input.size(2);
   g.in_w = input.size(3);
-  g.kernel_h = kernel_size[0];
-  g.kernel_w = kernel_size[1];
-  g.stride_h = a.stride[0];
-  g.stride_w = a.stride[1];
-  g.pad_h = a.padding[0];
-  g.pad_w = a.padding[1];
-  g.dilation_h = a.dilation[0];
-  g.dilation_w = a.dilation[1];
   g.out_h = conv_out_size(g.in_h, g.kernel_h, g.stride_h, g.pad_h, g.dilation_h);
   g.out_w = conv_out_size(g.in_w, g.kernel_w, g.stride_w, g.pad_w, g.dilation_w);
   TORCH_CHECK(grad_output.size(0) == g.batch && grad_output.size(2) == g.out_h &&
