@@ -1,5 +1,6 @@
-// CPU backend of the conv2d family: the im2col/col2im data movement. GEMM and tiling are in
-// common/conv_gemm.h. The loops are compiled for AVX-512, AVX2 and baseline x86-64 and the
+// CPU backend of the conv2d family: the im2col/col2im data movement and the CPU schedule
+// (per-thread bands, below). The generic tiles are in common/conv_gemm.h; GEMM is ATen's.
+// The data-movement loops are compiled for AVX-512, AVX2 and baseline x86-64 and the
 // variant is picked once at load time by CPUID (GCC target_clones / ifunc), so the same binary
 // runs on every x86-64 CPU and never needs -march=native.
 #include <ATen/Parallel.h>
