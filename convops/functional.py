@@ -95,13 +95,13 @@ def _conv(input, weight, bias, stride, padding, dilation, groups, spatial, name)
 
 def conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride: IntOrSeq = 1,
            padding: Union[IntOrSeq, str] = 0, dilation: IntOrSeq = 1, groups: int = 1) -> Tensor:
-    """Equals torch.nn.functional.conv2d."""
+    """Drop-in twin of `F.conv2d`: same signature, results and errors."""
     return _conv(input, weight, bias, stride, padding, dilation, groups, 2, "conv2d")
 
 
 def conv1d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride: IntOrSeq = 1,
            padding: Union[IntOrSeq, str] = 0, dilation: IntOrSeq = 1, groups: int = 1) -> Tensor:
-    """Equals torch.nn.functional.conv1d."""
+    """Drop-in twin of `F.conv1d`: same signature, results and errors."""
     return _conv(input, weight, bias, stride, padding, dilation, groups, 1, "conv1d")
 
 
@@ -124,7 +124,7 @@ def _conv_transpose(input, weight, bias, stride, padding, output_padding, groups
 def conv_transpose2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride: IntOrSeq = 1,
                      padding: IntOrSeq = 0, output_padding: IntOrSeq = 0, groups: int = 1,
                      dilation: IntOrSeq = 1) -> Tensor:
-    """Equals torch.nn.functional.conv_transpose2d (note: groups before dilation)."""
+    """Drop-in twin of `F.conv_transpose2d` (note: groups before dilation)."""
     return _conv_transpose(input, weight, bias, stride, padding, output_padding, groups, dilation, 2,
                            "conv_transpose2d")
 
@@ -132,6 +132,6 @@ def conv_transpose2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = Non
 def conv_transpose1d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride: IntOrSeq = 1,
                      padding: IntOrSeq = 0, output_padding: IntOrSeq = 0, groups: int = 1,
                      dilation: IntOrSeq = 1) -> Tensor:
-    """Equals torch.nn.functional.conv_transpose1d."""
+    """Drop-in twin of `F.conv_transpose1d`."""
     return _conv_transpose(input, weight, bias, stride, padding, output_padding, groups, dilation, 1,
                            "conv_transpose1d")
