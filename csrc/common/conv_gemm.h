@@ -7,8 +7,8 @@
 //       back into images (nb, C, H, W), deterministically
 //
 // and GEMM comes from ATen (MKL/oneDNN BLAS on CPU, cuBLAS on CUDA). The work is tiled over
-// images, output rows and (for very wide rows) row segments, so the column workspace never
-// exceeds kColumnBudgetBytes.
+// images, output rows and (for very wide rows) row segments, so a tile's im2col columns plus
+// its column-side block never exceed kColumnBudgetBytes.
 //
 // A backend may also take over the whole loop for shapes where it has a better schedule:
 // Backend::forward_schedule (which also adds the bias) / input_grad_schedule /
