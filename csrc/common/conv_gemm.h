@@ -200,11 +200,11 @@ at::Tensor conv2d_gemm(const at::Tensor& input, const at::Tensor& weight,
   if (has_work && !scheduled) {
     const auto plan = plan_tiles(g, x.element_size());
     const bool direct_columns = g.is_pointwise();
-    const bool needs_columns = !(direct_columns && plan.images_per_tile == 1 &&
-                                 plan.rows_per_tile == g.out_h && plan.width_per_tile == g.out_w);
-    const ScratchBuffer workspace(needs_columns ? plan.workspace_elems : 0, x.options());
     const bool whole_images = plan.images_per_tile == 1 && plan.rows_per_tile == g.out_h &&
                               plan.width_per_tile == g.out_w;
+    // A whole image is written straight into the output; a 1x1 one is also read in place.
+    const ScratchBuffer workspace(direct_columns && whole_images ? 0 : plan.workspace_elems,
+                                  x.options());
     const ScratchBuffer block_buf(whole_images ? 0 : plan.column_side_elems, x.options());
     for_each_tile(g, plan, [&](const ConvTile& t) {
       at::Tensor cols;

@@ -256,17 +256,17 @@ at::Tensor column_side_band(const at::Tensor& t, const Conv2dGeometry& g, const 
 at::Tensor band_columns(const at::Tensor& x, const at::Tensor& buf, const Conv2dGeometry& g,
                         const Band& b) {
   if (g.is_pointwise()) return column_side_band(x, g, b);
-  const int64_t rows_k = g.groups * g.col_rows_per_group();
-  auto cols = buf.narrow(0, 0, rows_k * b.columns()).view({g.groups, g.col_rows_per_group(), b.columns()});
+  auto cols = detail::column_view(buf, g, b.tile);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "convops_im2col_band", [&] {
     im2col_dispatch(x.data_ptr<scalar_t>() + b.n * g.in_channels * g.in_area(),
-                    cols.data_ptr<scalar_t>(), g, b.tile, 0, rows_k);
+                    cols.data_ptr<scalar_t>(), g, b.tile, 0, g.groups * g.col_rows_per_group());
   });
   return cols;
 }
 
+// Per-thread column buffer; none for a 1x1 conv, whose input is its own column matrix.
 int64_t band_workspace_elems(const Conv2dGeometry& g, const BandPlan& bp) {
-  return g.groups * g.col_rows_per_group() * bp.rows * bp.width;
+  return g.is_pointwise() ? 0 : g.groups * g.col_rows_per_group() * bp.rows * bp.width;
 }
 
 struct CpuBackend {
@@ -300,7 +300,7 @@ struct CpuBackend {
     if (!band_schedule_applies(g)) return false;
     const auto bp = band_plan(g, x.element_size());
     parallel_gemm_for(g.batch * bp.bands, [&](int64_t begin, int64_t end) {
-      const ScratchBuffer band_buf(g.is_pointwise() ? 0 : band_workspace_elems(g, bp), x.options());
+      const ScratchBuffer band_buf(band_workspace_elems(g, bp), x.options());
       const at::Tensor& buf = band_buf.tensor();
       for (int64_t item = begin; item < end; ++item) {
         const Band b = band_of(g, bp, item);
@@ -329,7 +329,7 @@ struct CpuBackend {
     auto partial = partial_buf.tensor().zero_().view(
         {shares, g.groups, g.out_per_group(), g.col_rows_per_group()});
     parallel_gemm_for(shares, [&](int64_t sb, int64_t se) {
-      const ScratchBuffer band_buf(g.is_pointwise() ? 0 : band_workspace_elems(g, bp), x.options());
+      const ScratchBuffer band_buf(band_workspace_elems(g, bp), x.options());
       const at::Tensor& buf = band_buf.tensor();
       for (int64_t share = sb; share < se; ++share) {
         auto acc = partial.select(0, share);
@@ -355,16 +355,14 @@ struct CpuBackend {
     if (!band_schedule_applies(g)) return false;
     const auto bp = band_plan(g, y.element_size());
     parallel_gemm_for(g.batch, [&](int64_t begin, int64_t end) {
-      const ScratchBuffer band_buf(g.is_pointwise() ? 0 : band_workspace_elems(g, bp), y.options());
+      const ScratchBuffer band_buf(band_workspace_elems(g, bp), y.options());
       const at::Tensor& buf = band_buf.tensor();
       for (int64_t n = begin; n < end; ++n) {
         for (int64_t band = 0; band < bp.bands; ++band) {
           const Band b = band_of(g, bp, n * bp.bands + band);
           const auto y_band = column_side_band(y, g, b);
-          at::Tensor cols = g.is_pointwise()
-                                ? column_side_band(images, g, b)
-                                : buf.narrow(0, 0, g.groups * g.col_rows_per_group() * b.columns())
-                                      .view({g.groups, g.col_rows_per_group(), b.columns()});
+          at::Tensor cols = g.is_pointwise() ? column_side_band(images, g, b)
+                                             : detail::column_view(buf, g, b.tile);
           for (int64_t grp = 0; grp < g.groups; ++grp) {
             auto c = cols.select(0, grp);
             at::mm_out(c, wt.select(0, grp), y_band.select(0, grp));
