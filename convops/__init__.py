@@ -2,7 +2,7 @@
 import torch  # noqa: F401  (loads libtorch before the extension)
 
 from . import _C  # noqa: F401  (registers the torch.ops.convops operators)
-from . import _ops  # noqa: F401  (fake kernels and autograd)
+from . import ops  # noqa: F401  (fake kernels and autograd)
 from . import functional, nn
 from .convert import convert
 

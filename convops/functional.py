@@ -8,9 +8,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._ops import Conv2dFunction, ConvTranspose2dFunction
+from .ops import Conv2dFunction, ConvTranspose2dFunction
 
-__all__ = ["conv1d", "conv2d", "conv_transpose1d", "conv_transpose2d", "PaddingStringError"]
+__all__ = ["conv1d", "conv2d", "conv_transpose1d", "conv_transpose2d", "depthwise_conv2d",
+           "depthwise_separable_conv2d", "PaddingStringError"]
+# [separable] __all__ += [...]
+# [deformable] __all__ += [...]
 
 IntOrSeq = Union[int, Sequence[int]]
 
@@ -135,3 +138,27 @@ def conv_transpose1d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = Non
     """Drop-in twin of `F.conv_transpose1d`."""
     return _conv_transpose(input, weight, bias, stride, padding, output_padding, groups, dilation, 1,
                            "conv_transpose1d")
+
+
+# ----------------------------------------------------------------------------- [depthwise / grouped]
+
+def depthwise_conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride: IntOrSeq = 1,
+                     padding: Union[IntOrSeq, str] = 0, dilation: IntOrSeq = 1) -> Tensor:
+    """`F.conv2d(input, weight, bias, stride, padding, dilation, groups=C)` with weight (C*m, 1, kh, kw)."""
+    return conv2d(input, weight, bias, stride, padding, dilation, groups=input.shape[-3])
+
+
+def depthwise_separable_conv2d(input: Tensor, depthwise_weight: Tensor, pointwise_weight: Tensor,
+                               depthwise_bias: Optional[Tensor] = None,
+                               pointwise_bias: Optional[Tensor] = None, stride: IntOrSeq = 1,
+                               padding: Union[IntOrSeq, str] = 0, dilation: IntOrSeq = 1) -> Tensor:
+    """A depthwise conv then a 1x1 conv: `F.conv2d(F.conv2d(x, dw, db, stride, padding, dilation,
+    groups=C), pw, pb)`."""
+    mid = depthwise_conv2d(input, depthwise_weight, depthwise_bias, stride, padding, dilation)
+    return conv2d(mid, pointwise_weight, pointwise_bias)
+
+
+# ----------------------------------------------------------------------------- [separable]
+
+
+# ----------------------------------------------------------------------------- [deformable]

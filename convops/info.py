@@ -21,7 +21,7 @@ def _cpu_model() -> str:
 
 
 def collect() -> dict:
-    build = convops._ops.build_info()
+    build = convops.ops.build_info()
     devices = [f"cpu ({_cpu_model()}, {os.cpu_count()} logical cores)"]
     if torch.cuda.is_available():
         devices += [f"cuda:{i} ({torch.cuda.get_device_name(i)})" for i in range(torch.cuda.device_count())]

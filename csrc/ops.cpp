@@ -1,5 +1,5 @@
 // Every convops schema, in one place. Kernels live in csrc/cpu and csrc/cuda; fake
-// (meta) kernels and autograd are registered from Python (convops/_ops.py).
+// (meta) kernels and autograd are registered from Python (convops/ops/, one module per op family).
 #include <Python.h>
 #include <torch/library.h>
 
@@ -46,6 +46,12 @@ TORCH_LIBRARY(convops, m) {
   m.def(
       "conv2d_weight_grad(Tensor grad_output, Tensor input, SymInt[2] kernel_size, "
       "int[2] stride, int[2] padding, int[2] dilation, int groups) -> Tensor");
+  // [depthwise / grouped] (csrc/cpu/depthwise.cpp)
+
+  // [separable] (csrc/cpu/separable.cpp)
+
+  // [deformable] (csrc/cpu/deform_conv2d.cpp)
+
   m.def("_build_info() -> str", &build_info_string);
   // Peak of the scratch bytes live at once since the last reset.
   m.def("_workspace_peak_bytes(bool reset=False) -> int", &read_workspace_peak);

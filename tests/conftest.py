@@ -18,7 +18,7 @@ TOLERANCES = {
 }
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-HAS_CUDA_KERNELS = bool(convops._ops.build_info().get("cuda_archs"))
+HAS_CUDA_KERNELS = bool(convops.ops.build_info().get("cuda_archs"))
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 import convops
 import convops.functional as cF
-from convops._ops import Conv2dFunction
+from convops.ops import Conv2dFunction
 
 from conftest import (HAS_CUDA_KERNELS, assert_close, compare_with_reference, grads_of, make,
                       requires_cuda)

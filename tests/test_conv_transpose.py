@@ -11,7 +11,7 @@ from torch.autograd import gradcheck, gradgradcheck
 
 import convops
 from convops import functional as cF
-from convops._ops import ConvTranspose2dFunction
+from convops.ops import ConvTranspose2dFunction
 
 from conftest import assert_close, compare_with_reference, grads_of, make
 

@@ -10,16 +10,30 @@ from .. import functional as cF
 
 @dataclass(frozen=True)
 class Case:
+    """One benchmark row. The op functions are called as fn(*tensors, **kwargs) with the tensors
+    made from `tensors` (default: input, weight, bias). Each spec is (name, shape, init) with init
+    "randn" (N(0,1)), "weight" (N(0,1)*0.05), "uniform" (U(0,1), e.g. a mask) or "none" (None)."""
     suite: str
     name: str
     op: str                      # key of OPS
     input_shape: tuple
     weight_shape: tuple
     kwargs: dict = field(default_factory=dict)
+    tensors: tuple = ()          # optional explicit (name, shape, init) specs replacing the default
+    bytes_moved: int = 0         # optional: minimal DRAM bytes of the fwd pass, for a GB/s column
+
+    def tensor_specs(self) -> tuple:
+        if self.tensors:
+            return self.tensors
+        bias_len = self.weight_shape[1] * self.kwargs.get("groups", 1) if self.op.startswith("conv_transpose") \
+            else self.weight_shape[0]
+        return (("input", self.input_shape, "randn"), ("weight", self.weight_shape, "weight"),
+                ("bias", (bias_len,), "randn"))
 
     @property
     def shapes(self) -> dict:
-        return {"input": list(self.input_shape), "weight": list(self.weight_shape), **self.kwargs}
+        return {**{name: list(shape) for name, shape, init in self.tensor_specs() if init != "none"},
+                **self.kwargs}
 
 
 # op name -> (convops function, reference name, reference function); oracles live here only.
@@ -56,4 +70,13 @@ def _transposed(batch=16):
     ]
 
 
+# [depthwise / grouped] suites
+
+# [separable] suites
+
+# [deformable] suites
+
 SUITES = {"dense": _dense, "transposed": _transposed}
+# [depthwise / grouped] SUITES.update(...)
+# [separable] SUITES.update(...)
+# [deformable] SUITES.update(...)

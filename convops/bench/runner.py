@@ -43,7 +43,7 @@ def machine_info() -> dict:
                "isa": "avx512f" if "avx512f" in flags else ("avx2" if "avx2" in flags else "baseline")}
     except OSError:
         pass
-    build = convops._ops.build_info()
+    build = convops.ops.build_info()
     return {"cpu": cpu, "threads": torch.get_num_threads(), "torch": torch.__version__,
             "convops": convops.__version__, "cpu_kernel_selected": build.get("cpu_selected_isa"),
             "malloc_env": {k: os.environ.get(k) for k in MALLOC_ENV}}
@@ -51,41 +51,47 @@ def machine_info() -> dict:
 
 def _make_inputs(case: Case, device, dtype, requires_grad):
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(case.input_shape, generator=g).to(device, dtype).requires_grad_(requires_grad)
-    w = (torch.randn(case.weight_shape, generator=g) * 0.05).to(device, dtype).requires_grad_(requires_grad)
-    bias_len = case.weight_shape[1] * case.kwargs.get("groups", 1) if case.op.startswith("conv_transpose") \
-        else case.weight_shape[0]
-    b = torch.randn(bias_len, generator=g).to(device, dtype).requires_grad_(requires_grad)
-    return x, w, b
+    made = []
+    for name, shape, init in case.tensor_specs():
+        if init == "none":
+            made.append(None)
+            continue
+        t = torch.rand(shape, generator=g) if init == "uniform" else torch.randn(shape, generator=g)
+        if init == "weight":
+            t = t * 0.05
+        made.append(t.to(device, dtype).requires_grad_(requires_grad))
+    return made
 
 
-def _callable(fn, case, x, w, b, backward):
+def _callable(fn, case, tensors, backward):
     if not backward:
         def run():
             with torch.no_grad():
-                return fn(x, w, b, **case.kwargs)
+                return fn(*tensors, **case.kwargs)
         return run
     grad = None
 
     def run():
         nonlocal grad
-        out = fn(x, w, b, **case.kwargs)
+        out = fn(*tensors, **case.kwargs)
         if grad is None:
             grad = torch.ones_like(out)
-        x.grad = w.grad = b.grad = None
+        for t in tensors:
+            if t is not None:
+                t.grad = None
         out.backward(grad)
     return run
 
 
-def _parity(case, ours, ref, x, w, b, backward) -> float:
+def _parity(case, ours, ref, tensors, backward) -> float:
     """Largest |ours - ref| relative to max|ref|, over the output and (fwd+bwd) the gradients."""
     def run(fn):
-        xs = [t.detach().clone().requires_grad_(backward) for t in (x, w, b)]
+        xs = [None if t is None else t.detach().clone().requires_grad_(backward) for t in tensors]
         out = fn(*xs, **case.kwargs)
         if not backward:
             return [out.detach()]
         gy = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(out)
-        return [out.detach()] + list(torch.autograd.grad(out, xs, gy))
+        return [out.detach()] + list(torch.autograd.grad(out, [t for t in xs if t is not None], gy))
     worst = 0.0
     for a, r in zip(run(ours), run(ref)):
         scale = r.abs().max().item() or 1.0
@@ -95,9 +101,9 @@ def _parity(case, ours, ref, x, w, b, backward) -> float:
 
 def measure(case: Case, backward: bool, rounds: int, min_run_time: float, device="cpu", dtype=torch.float32):
     ours_fn, ref_name, ref_fn = OPS[case.op]
-    x, w, b = _make_inputs(case, device, dtype, backward)
-    ours = _callable(ours_fn, case, x, w, b, backward)
-    ref = _callable(ref_fn, case, x, w, b, backward)
+    tensors = _make_inputs(case, device, dtype, backward)
+    ours = _callable(ours_fn, case, tensors, backward)
+    ref = _callable(ref_fn, case, tensors, backward)
     ours(), ref()  # warm-up (allocator, oneDNN primitive cache)
     torch.ops.convops._workspace_peak_bytes(True)
     ours()
@@ -112,16 +118,19 @@ def measure(case: Case, backward: bool, rounds: int, min_run_time: float, device
             times[key].append(t.blocked_autorange(min_run_time=min_run_time).median * 1e3)
     ratio = statistics.median(o / r for o, r in zip(times["ours"], times["ref"]))
     ours_ms, ref_ms = statistics.median(times["ours"]), statistics.median(times["ref"])
-    return {
+    row = {
         "suite": case.suite, "case": case.name, "op": case.op, "shapes": case.shapes,
         "dtype": str(dtype).replace("torch.", ""), "device": device,
         "pass": "fwd+bwd" if backward else "fwd",
         "convops_ms": round(ours_ms, 4), "reference": ref_name, "reference_ms": round(ref_ms, 4),
         "ratio": round(ratio, 3),
-        "max_rel_err": _parity(case, ours_fn, ref_fn, x, w, b, backward),
+        "max_rel_err": _parity(case, ours_fn, ref_fn, tensors, backward),
         "workspace_peak_mb": round(workspace / 2**20, 2),
         "rounds": rounds,
     }
+    if case.bytes_moved and not backward:
+        row["convops_gbps"] = round(case.bytes_moved / (ours_ms * 1e-3) / 1e9, 1)
+    return row
 
 
 def run_suites(names, quick=False, passes=("fwd", "fwd+bwd"), log=print):
@@ -143,11 +152,14 @@ def markdown(rows, info) -> str:
              f"{info['threads']} threads, torch {info['torch']}, fp32, NCHW. Ratio = convops / reference time "
              f"(lower is better): median over {rows[0]['rounds'] if rows else 0} interleaved rounds of the "
              f"per-round ratio; times are medians.", "",
-             "| suite | case | pass | convops ms | reference ms | ratio | max rel err | workspace MiB |",
-             "|---|---|---|---:|---:|---:|---:|---:|"]
+             "| suite | case | pass | convops ms | reference ms | ratio | max rel err | workspace MiB |"
+             + (" convops GB/s |" if any("convops_gbps" in r for r in rows) else ""),
+             "|---|---|---|---:|---:|---:|---:|---:|" + ("---:|" if any("convops_gbps" in r for r in rows) else "")]
     for r in rows:
+        gbps = (f" {r['convops_gbps']:.1f} |" if "convops_gbps" in r else " |") \
+            if any("convops_gbps" in x for x in rows) else ""
         lines.append(f"| {r['suite']} | {r['case']} | {r['pass']} | {r['convops_ms']:.2f} | {r['reference_ms']:.2f} | "
-                     f"{r['ratio']:.2f} | {r['max_rel_err']:.1e} | {r['workspace_peak_mb']:.1f} |")
+                     f"{r['ratio']:.2f} | {r['max_rel_err']:.1e} | {r['workspace_peak_mb']:.1f} |" + gbps)
     return "\n".join(lines)
 
 

@@ -2,3 +2,5 @@
 from .conv import Conv1d, Conv2d, ConvTranspose1d, ConvTranspose2d
 
 __all__ = ["Conv1d", "Conv2d", "ConvTranspose1d", "ConvTranspose2d"]
+# [separable] modules
+# [deformable] modules

@@ -1,4 +1,4 @@
-"""Fake kernels and autograd for every torch.ops.convops operator.
+"""Fake kernels and autograd for the dense conv family: conv2d, conv_transpose2d, conv2d_weight_grad.
 
 The three conv primitives close under differentiation, so every backward formula below is
 written with convops ops and double (or higher) backward works:

@@ -1,0 +1,10 @@
+"""Fake kernels and autograd for every torch.ops.convops operator, one module per op family
+(mirroring csrc/cpu/*.cpp): importing this package registers them all."""
+from . import conv  # noqa: F401
+from .conv import Conv2dFunction, ConvTranspose2dFunction, build_info
+# op families register below, one import each
+# [depthwise / grouped]
+# [separable]
+# [deformable]
+
+__all__ = ["Conv2dFunction", "ConvTranspose2dFunction", "build_info"]
