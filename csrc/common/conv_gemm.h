@@ -302,11 +302,15 @@ at::Tensor conv2d_weight_grad_gemm(const at::Tensor& grad_output, const at::Tens
 }
 
 // Operator entry points: validate, describe, compute. Registered per backend.
+// Backend::direct_forward / direct_input_grad / direct_weight_grad let a backend claim the
+// geometries a specialised kernel (depthwise, few channels per group, ...) is faster on: they
+// return the result, or an undefined tensor to fall through to the GEMM path.
 template <class Backend>
 at::Tensor conv2d_op(const at::Tensor& input, const at::Tensor& weight,
                      const c10::optional<at::Tensor>& bias, at::IntArrayRef stride,
                      at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
   const auto g = conv2d_geometry(input, weight, bias, {stride, padding, dilation, groups});
+  if (auto direct = Backend::direct_forward(input, weight, bias, g); direct.defined()) return direct;
   return conv2d_gemm<Backend>(input, weight, bias, g);
 }
 
@@ -317,6 +321,7 @@ at::Tensor conv_transpose2d_op(const at::Tensor& input, const at::Tensor& weight
                                int64_t groups, at::IntArrayRef dilation) {
   const auto g = conv_transpose2d_geometry(input, weight, bias, {stride, padding, dilation, groups},
                                            output_padding);
+  if (auto direct = Backend::direct_input_grad(input, weight, bias, g); direct.defined()) return direct;
   return conv2d_input_grad_gemm<Backend>(input, weight, bias, g, conv_output_format(input, weight));
 }
 
@@ -327,6 +332,7 @@ at::Tensor conv2d_weight_grad_op(const at::Tensor& grad_output, const at::Tensor
                                  int64_t groups) {
   const auto g = conv2d_weight_geometry(grad_output, input, kernel_size,
                                         {stride, padding, dilation, groups});
+  if (auto direct = Backend::direct_weight_grad(grad_output, input, g); direct.defined()) return direct;
   return conv2d_weight_grad_gemm<Backend>(grad_output, input, g);
 }
 

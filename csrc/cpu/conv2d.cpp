@@ -270,6 +270,21 @@ int64_t band_workspace_elems(const Conv2dGeometry& g, const BandPlan& bp) {
 }
 
 struct CpuBackend {
+  // Specialised kernels claim their geometries here (see conv_gemm.h); undefined = GEMM path.
+  // [depthwise / grouped]
+  static at::Tensor direct_forward(const at::Tensor&, const at::Tensor&,
+                                   const c10::optional<at::Tensor>&, const Conv2dGeometry&) {
+    return {};
+  }
+  // input: the conv_transpose2d input (conv2d's grad_output); the result is conv2d's input grad.
+  static at::Tensor direct_input_grad(const at::Tensor&, const at::Tensor&,
+                                      const c10::optional<at::Tensor>&, const Conv2dGeometry&) {
+    return {};
+  }
+  static at::Tensor direct_weight_grad(const at::Tensor&, const at::Tensor&, const Conv2dGeometry&) {
+    return {};
+  }
+
   static void im2col(const at::Tensor& images, at::Tensor& columns, const Conv2dGeometry& g,
                      const ConvTile& t) {
     const int64_t items = g.in_channels * g.kernel_area() * t.images;

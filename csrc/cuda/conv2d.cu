@@ -73,6 +73,21 @@ __global__ void col2im_kernel(const T* __restrict__ columns, T* __restrict__ ima
 }
 
 struct CudaBackend {
+  // Specialised kernels claim their geometries here (see conv_gemm.h); undefined = GEMM path.
+  // [depthwise / grouped]
+  static at::Tensor direct_forward(const at::Tensor&, const at::Tensor&,
+                                   const c10::optional<at::Tensor>&, const Conv2dGeometry&) {
+    return {};
+  }
+  // input: the conv_transpose2d input (conv2d's grad_output); the result is conv2d's input grad.
+  static at::Tensor direct_input_grad(const at::Tensor&, const at::Tensor&,
+                                      const c10::optional<at::Tensor>&, const Conv2dGeometry&) {
+    return {};
+  }
+  static at::Tensor direct_weight_grad(const at::Tensor&, const at::Tensor&, const Conv2dGeometry&) {
+    return {};
+  }
+
   // The generic tiles (one cuBLAS GEMM per tile) are the CUDA schedule.
   static bool forward_schedule(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                at::Tensor&, const Conv2dGeometry&) {
