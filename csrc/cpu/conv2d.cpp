@@ -12,6 +12,7 @@
 
 #include "../common/build_info.h"
 #include "../common/conv_gemm.h"
+#include "direct_kernels.h"
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define CONVOPS_ISA_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
@@ -270,19 +271,21 @@ int64_t band_workspace_elems(const Conv2dGeometry& g, const BandPlan& bp) {
 }
 
 struct CpuBackend {
-  // Specialised kernels claim their geometries here (see conv_gemm.h); undefined = GEMM path.
-  // [depthwise / grouped]
-  static at::Tensor direct_forward(const at::Tensor&, const at::Tensor&,
-                                   const c10::optional<at::Tensor>&, const Conv2dGeometry&) {
-    return {};
+  // Specialised kernels claim their geometries first (see conv_gemm.h, direct_kernels.h).
+  static at::Tensor direct_forward(const at::Tensor& x, const at::Tensor& w,
+                                   const c10::optional<at::Tensor>& bias, const Conv2dGeometry& g) {
+    if (auto y = cpu::depthwise_forward(x, w, bias, g); y.defined()) return y;
+    return cpu::grouped_forward(x, w, bias, g);
   }
-  // input: the conv_transpose2d input (conv2d's grad_output); the result is conv2d's input grad.
-  static at::Tensor direct_input_grad(const at::Tensor&, const at::Tensor&,
-                                      const c10::optional<at::Tensor>&, const Conv2dGeometry&) {
-    return {};
+  // y: the conv_transpose2d input (conv2d's grad_output); the result is conv2d's input grad.
+  static at::Tensor direct_input_grad(const at::Tensor& y, const at::Tensor& w,
+                                      const c10::optional<at::Tensor>& bias, const Conv2dGeometry& g) {
+    if (auto dx = cpu::depthwise_input_grad(y, w, bias, g); dx.defined()) return dx;
+    return cpu::grouped_input_grad(y, w, bias, g);
   }
-  static at::Tensor direct_weight_grad(const at::Tensor&, const at::Tensor&, const Conv2dGeometry&) {
-    return {};
+  static at::Tensor direct_weight_grad(const at::Tensor& go, const at::Tensor& x, const Conv2dGeometry& g) {
+    if (auto dw = cpu::depthwise_weight_grad(go, x, g); dw.defined()) return dw;
+    return cpu::grouped_weight_grad(go, x, g);
   }
 
   static void im2col(const at::Tensor& images, at::Tensor& columns, const Conv2dGeometry& g,

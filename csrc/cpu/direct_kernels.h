@@ -1,0 +1,28 @@
+// Specialised CPU kernels that conv2d's entry points (CpuBackend::direct_*, conv2d.cpp) try
+// before the im2col+GEMM path. Each returns its result, or an undefined tensor when the geometry
+// is not one it claims. `input`/`grad_output` are as received by the op (any dtype/layout).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include "../common/conv_params.h"
+
+namespace convops::cpu {
+
+// groups == in_channels, one input channel per group (csrc/cpu/depthwise.cpp).
+at::Tensor depthwise_forward(const at::Tensor& input, const at::Tensor& weight,
+                             const c10::optional<at::Tensor>& bias, const Conv2dGeometry& g);
+at::Tensor depthwise_input_grad(const at::Tensor& grad_output, const at::Tensor& weight,
+                                const c10::optional<at::Tensor>& bias, const Conv2dGeometry& g);
+at::Tensor depthwise_weight_grad(const at::Tensor& grad_output, const at::Tensor& input,
+                                 const Conv2dGeometry& g);
+
+// Grouped convolution with few channels per group (csrc/cpu/grouped_conv2d.cpp).
+at::Tensor grouped_forward(const at::Tensor& input, const at::Tensor& weight,
+                           const c10::optional<at::Tensor>& bias, const Conv2dGeometry& g);
+at::Tensor grouped_input_grad(const at::Tensor& grad_output, const at::Tensor& weight,
+                              const c10::optional<at::Tensor>& bias, const Conv2dGeometry& g);
+at::Tensor grouped_weight_grad(const at::Tensor& grad_output, const at::Tensor& input,
+                               const Conv2dGeometry& g);
+
+}  // namespace convops::cpu
