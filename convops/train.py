@@ -365,6 +365,9 @@ def train(argv: Optional[List[str]] = None) -> Dict:
         except ValueError as e:
             raise CLIError(f"--compare-torch: {e}")
     ckpt = _load_checkpoint(args.resume, config) if args.resume else None
+    if ckpt is not None and reference is not None and "torch" not in ckpt["replicas"]:
+        raise CLIError(f"--resume: {args.resume} holds no torch-conv model to continue --compare-torch with "
+                       f"(it was saved without --compare-torch)")
     if args.threads is None and device.type == "cpu" and sum(p.numel() for p in model.parameters()) < 1_000_000:
         # Splitting LeNet-sized ops costs more in synchronisation than it gains, and on a busy
         # machine every barrier waits for a descheduled thread (measured: 1 thread ~10x faster).
@@ -396,9 +399,6 @@ def _run(args, dist, device, dtype, data, config, model, reference, ckpt, files,
     start_epoch = 0
     if ckpt is not None:
         for r in replicas:
-            if r.name not in ckpt["replicas"]:
-                raise CLIError(f"--resume: the checkpoint holds no {r.name} model (was it saved without "
-                               f"--compare-torch?)")
             r.load(ckpt["replicas"][r.name])
         history, start_epoch = list(ckpt["history"]), ckpt["epoch"]
         changed = {k: (v, ckpt["trajectory"].get(k)) for k, v in _trajectory_args(args, dist).items()

@@ -270,6 +270,10 @@ def test_checkpoint_of_another_model(tmp_path, capsys):
     assert "cannot read" in err and "junk.pt" in err
     err = _error(["--resume", str(tmp_path / "missing.pt"), "--out-dir", str(tmp_path / "b")], capsys)
     assert "no checkpoint file" in err
+    err = _error(["--resume", str(tmp_path / "a" / "checkpoint.pt"), "--compare-torch", *QUICK,
+                  "--out-dir", str(tmp_path / "b")], capsys)
+    assert "saved without --compare-torch" in err
+    assert not (tmp_path / "b").exists()
 
 
 @pytest.mark.parametrize("flag, value", [("--batch-size", "0"), ("--epochs", "0"), ("--batch-size", "-3"),
