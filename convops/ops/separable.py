@@ -29,7 +29,7 @@ def pass_args(stride, padding, dilation):
     return vertical, horizontal
 
 
-def check_spatially_separable(input, weight_v, weight_h, stride, padding, dilation, groups):
+def check_spatially_separable(input, weight_v, weight_h, bias, stride, padding, dilation, groups):
     """Mirror of check_separable_weights (csrc/cpu/separable.cpp)."""
     _check_hyper(stride, padding, dilation, groups)
     torch._check(weight_v.dim() == 4 and weight_h.dim() == 4,
@@ -42,6 +42,7 @@ def check_spatially_separable(input, weight_v, weight_h, stride, padding, dilati
     torch._check(weight_h.shape[2] == 1,
                  lambda: f"spatially_separable_conv2d: expected weight_h of size (Cout, Cmid/groups, 1, kw) "
                          f"with kernel height 1, but got weight_h of size {list(weight_h.shape)} instead")
+    _check_device_dtype(input, weight_v, bias)
     torch._check(input.device == weight_h.device,
                  lambda: f"Input and weight_h should be on the same device, but got input on "
                          f"{input.device} and weight_h on {weight_h.device}")
@@ -57,7 +58,7 @@ def check_spatially_separable(input, weight_v, weight_h, stride, padding, dilati
 
 @torch.library.register_fake("convops::spatially_separable_conv2d")
 def _spatially_separable_fake(input, weight_v, weight_h, bias, stride, padding, dilation, groups):
-    check_spatially_separable(input, weight_v, weight_h, stride, padding, dilation, groups)
+    check_spatially_separable(input, weight_v, weight_h, bias, stride, padding, dilation, groups)
     (s1, p1, d1), (s2, p2, d2) = pass_args(stride, padding, dilation)
     mid = _conv2d_fake(input, weight_v, None, s1, p1, d1, groups)
     return _conv2d_fake(mid, weight_h, bias, s2, p2, d2, groups)
@@ -71,6 +72,14 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad: Tensor):
     input, weight_v, weight_h = ctx.saved_tensors
+    if grad.dtype in (torch.float16, torch.bfloat16):
+        # Like the forward: fp32 throughout, so the intermediates are not rounded to 16 bits.
+        grads = _separable_grads(ctx, grad.float(), input.float(), weight_v.float(), weight_h.float())
+        return tuple(g if g is None or not isinstance(g, Tensor) else g.to(grad.dtype) for g in grads)
+    return _separable_grads(ctx, grad, input, weight_v, weight_h)
+
+
+def _separable_grads(ctx, grad: Tensor, input: Tensor, weight_v: Tensor, weight_h: Tensor):
     stride, padding, dilation, groups = ctx.hyper
     (s1, p1, d1), (s2, p2, d2) = pass_args(stride, padding, dilation)
     need_x, need_v, need_h, need_b = ctx.needs_input_grad[:4]

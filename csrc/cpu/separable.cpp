@@ -15,7 +15,7 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
-#include "../common/conv_params.h"
+#include "../common/conv_gemm.h"
 
 namespace convops {
 namespace {
@@ -23,7 +23,8 @@ namespace {
 // The checks specific to the factor pair; conv2d then checks each pass (input channels, bias,
 // kernel fit) with the messages torch's two F.conv2d calls give.
 void check_separable_weights(const at::Tensor& input, const at::Tensor& weight_v,
-                             const at::Tensor& weight_h, const Conv2dArgs& a) {
+                             const at::Tensor& weight_h, const c10::optional<at::Tensor>& bias,
+                             const Conv2dArgs& a) {
   check_hyper_params(a);
   TORCH_CHECK(weight_v.dim() == 4 && weight_h.dim() == 4,
               "spatially_separable_conv2d: expected 4-dimensional weight_v and weight_h, but got "
@@ -34,6 +35,7 @@ void check_separable_weights(const at::Tensor& input, const at::Tensor& weight_v
   TORCH_CHECK(weight_h.size(2) == 1,
               "spatially_separable_conv2d: expected weight_h of size (Cout, Cmid/groups, 1, kw) "
               "with kernel height 1, but got weight_h of size ", weight_h.sizes(), " instead");
+  check_same_device_dtype(input, weight_v, bias);
   TORCH_CHECK(input.device() == weight_h.device(),
               "Input and weight_h should be on the same device, but got input on ",
               input.device(), " and weight_h on ", weight_h.device());
@@ -53,16 +55,22 @@ at::Tensor spatially_separable_conv2d(const at::Tensor& input, const at::Tensor&
                                       const c10::optional<at::Tensor>& bias,
                                       at::IntArrayRef stride, at::IntArrayRef padding,
                                       at::IntArrayRef dilation, int64_t groups) {
-  check_separable_weights(input, weight_v, weight_h, {stride, padding, dilation, groups});
+  check_separable_weights(input, weight_v, weight_h, bias, {stride, padding, dilation, groups});
   static const auto conv2d =
       c10::Dispatcher::singleton()
           .findSchemaOrThrow("convops::conv2d", "")
           .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const c10::optional<at::Tensor>&,
                             at::IntArrayRef, at::IntArrayRef, at::IntArrayRef, int64_t)>();
-  const auto mid = conv2d.call(input, weight_v, c10::nullopt, {stride[0], 1}, {padding[0], 0},
-                               {dilation[0], 1}, groups);
-  return conv2d.call(mid, weight_h, bias, {1, stride[1]}, {0, padding[1]}, {1, dilation[1]},
-                     groups);
+  // 16-bit inputs: both passes run in fp32 and the intermediate is never rounded to 16 bits
+  // (one rounding, at the end; conv2d would widen each pass's operands anyway).
+  const auto cdt = compute_dtype(input.scalar_type());
+  const c10::optional<at::Tensor> bias_c =
+      bias.has_value() && bias->defined() ? c10::optional<at::Tensor>(bias->to(cdt)) : c10::nullopt;
+  const auto mid = conv2d.call(input.to(cdt), weight_v.to(cdt), c10::nullopt, {stride[0], 1},
+                               {padding[0], 0}, {dilation[0], 1}, groups);
+  return conv2d
+      .call(mid, weight_h.to(cdt), bias_c, {1, stride[1]}, {0, padding[1]}, {1, dilation[1]}, groups)
+      .to(input.scalar_type());
 }
 
 }  // namespace
