@@ -188,11 +188,14 @@ def _fmt_flops(n: int) -> str:
     return str(n)
 
 
-def summary(model: nn.Module, input_size: Sequence[int], dtype=torch.float32, device=None) -> Summary:
-    """One forward pass of a random input of `input_size` (with the batch dim); returns the
+def summary(model: nn.Module, input_size: Sequence[int], dtype=None, device=None) -> Summary:
+    """One forward pass of a random input of `input_size` (with the batch dim; dtype and device
+    default to the model's); returns the
     per-leaf-module output shape, textbook parameter count, FLOPs (as FlopCounterMode counts
     them: 2 per multiply-add) and receptive field / jump / start. `print()` it for a table."""
-    device = device or next((p.device for p in model.parameters()), torch.device("cpu"))
+    first = next(iter(model.parameters()), None)
+    device = device or (first.device if first is not None else torch.device("cpu"))
+    dtype = dtype or (first.dtype if first is not None and first.is_floating_point() else torch.float32)
     x = torch.randn(*input_size, dtype=dtype, device=device)
     names = {m: n for n, m in model.named_modules()}
     leaves = [m for m in model.modules() if not list(m.children()) or layer_geometry(m) is not None]
