@@ -6,6 +6,7 @@ import io
 import pytest
 import torch
 import torch.nn.functional as F
+from functorch.compile import make_boxed_func
 from torch._dynamo.backends.common import aot_autograd
 from torch._dynamo.testing import CompileCounterWithBackend
 
@@ -115,7 +116,7 @@ def _aot_graphs(fn, inputs):
     def keep(kind):
         def compiler(gm, example_inputs):
             graphs[kind].append(gm)
-            return gm.forward
+            return make_boxed_func(gm.forward)
         return compiler
 
     backend = aot_autograd(fw_compiler=keep("fw"), bw_compiler=keep("bw"))
