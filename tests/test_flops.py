@@ -112,3 +112,64 @@ def test_flop_formulas_registered_on_import():
     assert {"conv2d", "conv_transpose2d", "conv2d_weight_grad"} <= set(registered)
     for name in registered:
         assert getattr(torch.ops.convops, name) in flop_counter.flop_registry
+
+
+# ----------------------------------------------------------------------------- other op families
+# (each runs when its op is built in; the formulas are registered only for ops that exist)
+
+def _has(op):
+    return hasattr(torch.ops.convops, op)
+
+
+def _same_counts(ours, ref, shapes):
+    for backward in (False, True):
+        torch.manual_seed(0)
+        inputs = _leaves(shapes, [True] * len(shapes))
+        ours_total, _ = _count(ours, inputs, backward)
+        ref_total, _ = _count(ref, inputs, backward)
+        assert ours_total == ref_total > 0
+
+
+@pytest.mark.skipif(not _has("depthwise_conv2d"), reason="depthwise_conv2d op not built")
+def test_depthwise_flops_equal_grouped_torch_conv():
+    _same_counts(lambda x, w, b: cF.depthwise_conv2d(x, w, b, stride=2, padding=1),
+                 lambda x, w, b: F.conv2d(x, w, b, stride=2, padding=1, groups=x.shape[1]),
+                 [(2, 4, 9, 8), (8, 1, 3, 3), (8,)])
+
+
+@pytest.mark.skipif(not _has("depthwise_separable_conv2d"), reason="depthwise_separable_conv2d op not built")
+def test_depthwise_separable_flops_equal_two_torch_convs():
+    _same_counts(lambda x, dw, pw: cF.depthwise_separable_conv2d(x, dw, pw, padding=1),
+                 lambda x, dw, pw: F.conv2d(F.conv2d(x, dw, None, 1, 1, 1, x.shape[1]), pw),
+                 [(2, 4, 9, 8), (4, 1, 3, 3), (6, 4, 1, 1)])
+
+
+@pytest.mark.skipif(not _has("spatially_separable_conv2d"), reason="spatially_separable_conv2d op not built")
+def test_spatially_separable_flops_equal_two_torch_convs():
+    def ref(x, wv, wh):
+        mid = F.conv2d(x, wv, None, (2, 1), (1, 0), (1, 1), 2)
+        return F.conv2d(mid, wh, None, (1, 1), (0, 2), (1, 2), 2)
+    _same_counts(lambda x, wv, wh: cF.spatially_separable_conv2d(x, wv, wh, None, stride=(2, 1), padding=(1, 2),
+                                                                 dilation=(1, 2), groups=2),
+                 ref, [(2, 4, 9, 10), (6, 2, 3, 1), (8, 3, 1, 3)])
+
+
+@pytest.mark.skipif(not _has("deform_conv2d"), reason="deform_conv2d op not built")
+@pytest.mark.parametrize("modulated", [False, True], ids=["v1", "v2"])
+def test_deform_flops_are_gemm_plus_bilinear_sampling(modulated):
+    from convops.utils.flops import BILINEAR_FLOPS
+    n, cin, cout, h, w, k = 2, 4, 6, 7, 6, 3
+    x = torch.randn(n, cin, h, w, requires_grad=True)
+    weight = torch.randn(cout, cin // 2, k, k, requires_grad=True)
+    oh, ow = h - k + 1, w - k + 1
+    offset = torch.randn(n, 2 * k * k, oh, ow, requires_grad=True)
+    mask = torch.rand(n, k * k, oh, ow, requires_grad=True) if modulated else None
+    gemm, _ = _count(lambda: F.conv2d(x.detach(), weight.detach(), groups=2), [], False)
+    samples = n * cin * k * k * oh * ow
+    with FlopCounterMode(display=False) as counter:
+        out = cF.deform_conv2d(x, offset, weight, mask=mask)
+    assert counter.get_total_flops() == gemm + samples * (BILINEAR_FLOPS + modulated)
+    with FlopCounterMode(display=False) as counter:
+        out.backward(torch.ones_like(out))
+    backward_sampling = (BILINEAR_FLOPS + modulated) + 2 * BILINEAR_FLOPS + (BILINEAR_FLOPS + 2) * modulated
+    assert counter.get_total_flops() == 2 * gemm + samples * backward_sampling
