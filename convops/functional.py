@@ -81,7 +81,22 @@ def _resolve_padding_string(input: Tensor, weight: Tensor, padding: str, stride:
     return input, left
 
 
+def _autocast(input: Tensor, weight: Tensor, bias: Optional[Tensor]):
+    """Under torch.autocast, convolutions run in the autocast dtype like torch's (conv is on
+    autocast's lower-precision list): floating inputs other than float64 are cast, in the graph,
+    so the float32 parameters get float32 gradients."""
+    device = input.device.type
+    if not torch.is_autocast_enabled(device):
+        return input, weight, bias
+    dtype = torch.get_autocast_dtype(device)
+
+    def cast(t):
+        return t if t is None or not t.is_floating_point() or t.dtype == torch.float64 else t.to(dtype)
+    return cast(input), cast(weight), cast(bias)
+
+
 def _conv(input, weight, bias, stride, padding, dilation, groups, spatial, name):
+    input, weight, bias = _autocast(input, weight, bias)
     input, batched = _as_batched(input, weight, spatial, name)
     stride = _expand(stride, spatial, "stride")
     dilation = _expand(dilation, spatial, "dilation")
@@ -110,6 +125,7 @@ def conv1d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride:
 
 
 def _conv_transpose(input, weight, bias, stride, padding, output_padding, groups, dilation, spatial, name):
+    input, weight, bias = _autocast(input, weight, bias)
     input, batched = _as_batched(input, weight, spatial, name)
     stride = _expand(stride, spatial, "stride")
     padding = _expand(padding, spatial, "padding")

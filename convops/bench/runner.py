@@ -201,8 +201,9 @@ def markdown(rows, info) -> str:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m convops.bench", description=__doc__)
-    parser.add_argument("--suite", action="append", choices=sorted(SUITES) + ["all"],
-                        help="suite to run (repeatable; default: all)")
+    parser.add_argument("--suite", action="append", choices=sorted(SUITES) + ["all", "compile"],
+                        help="suite to run (repeatable; default: all). 'compile' (whole models, eager vs "
+                             "torch.compile; minutes) is not part of 'all'")
     parser.add_argument("--quick", action="store_true", help="fewer, shorter rounds")
     parser.add_argument("--pass", dest="passes", action="append", choices=["fwd", "fwd+bwd"])
     parser.add_argument("--threads", type=int, help="torch.set_num_threads before running")
@@ -212,21 +213,28 @@ def main(argv=None):
     _ensure_malloc_env()
     if args.threads:
         torch.set_num_threads(args.threads)
-    names = sorted(SUITES) if not args.suite or "all" in args.suite else args.suite
+    suites = args.suite or ["all"]
+    names = sorted(SUITES) if "all" in suites else [s for s in suites if s != "compile"]
     info = machine_info()
     print(f"convops bench: {info['cpu']}, {info['threads']} threads, torch {info['torch']}")
     start = time.time()
     rows = run_suites(names, quick=args.quick, passes=tuple(args.passes or ("fwd", "fwd+bwd")))
-    table = markdown(rows, info)
+    tables = [markdown(rows, info)] if rows else []
+    compile_rows = []
+    if "compile" in suites:  # whole models: its own runner and table (see compile_suite.py)
+        from . import compile_suite
+        compile_rows = compile_suite.run(quick=args.quick)
+        tables.append(compile_suite.markdown(compile_rows, info))
+    table = "\n\n".join(tables)
     print("\n" + table)
     print(f"\n({time.time() - start:.0f} s)")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"machine": info, "rows": rows}, f, indent=1)
+            json.dump({"machine": info, "rows": rows, "compile_rows": compile_rows}, f, indent=1)
     if args.markdown:
         with open(args.markdown, "w") as f:
             f.write(table + "\n")
-    bad = [r for r in rows if r["max_rel_err"] > 1e-3 and not r.get("approximate")]
+    bad = [r for r in rows + compile_rows if r["max_rel_err"] > 1e-3 and not r.get("approximate")]
     if bad:
         print(f"PARITY FAILURE in {len(bad)} rows", file=sys.stderr)
         return 1
