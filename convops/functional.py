@@ -8,11 +8,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .ops import Conv2dFunction, ConvTranspose2dFunction
+from .ops import Conv2dFunction, ConvTranspose2dFunction, SpatiallySeparableConv2dFunction
 
 __all__ = ["conv1d", "conv2d", "conv_transpose1d", "conv_transpose2d", "depthwise_conv2d",
            "depthwise_separable_conv2d", "PaddingStringError"]
 # [separable] __all__ += [...]
+__all__ += ["spatially_separable_conv2d"]
 # [deformable] __all__ += [...]
 
 IntOrSeq = Union[int, Sequence[int]]
@@ -175,6 +176,34 @@ def depthwise_separable_conv2d(input: Tensor, depthwise_weight: Tensor, pointwis
 
 
 # ----------------------------------------------------------------------------- [separable]
+
+class _KernelShape:
+    """Stands in for a weight where only its (.., kh, kw) shape is read (padding='same')."""
+
+    def __init__(self, kernel_size):
+        self.shape = (1, 1, *kernel_size)
+
+
+def spatially_separable_conv2d(input: Tensor, weight_v: Tensor, weight_h: Tensor,
+                               bias: Optional[Tensor] = None, stride: IntOrSeq = 1,
+                               padding: Union[IntOrSeq, str] = 0, dilation: IntOrSeq = 1,
+                               groups: int = 1) -> Tensor:
+    """A kh x 1 conv then a 1 x kw conv, with the (height, width) hyper-parameters split between
+    them: `F.conv2d(F.conv2d(x, weight_v, None, (sh, 1), (ph, 0), (dh, 1), groups), weight_h,
+    bias, (1, sw), (0, pw), (1, dw), groups)`; weight_v (Cmid, Cin/g, kh, 1), weight_h
+    (Cout, Cmid/g, 1, kw). Unbatched 3-D input and padding='same'/'valid' as in `conv2d`."""
+    input, batched = _as_batched(input, weight_v, 2, "spatially_separable_conv2d")
+    stride = _expand(stride, 2, "stride")
+    dilation = _expand(dilation, 2, "dilation")
+    if isinstance(padding, str):
+        kernel = _KernelShape((weight_v.shape[2], weight_h.shape[-1]))
+        input, padding = _resolve_padding_string(input, kernel, padding, stride, dilation, 2)
+    else:
+        padding = _expand(padding, 2, "padding")
+    out = SpatiallySeparableConv2dFunction.apply(input, weight_v, weight_h, bias, stride, padding,
+                                                 dilation, groups)
+    return out if batched else out.squeeze(0)
+
 
 
 # ----------------------------------------------------------------------------- [deformable]

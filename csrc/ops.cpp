@@ -49,6 +49,12 @@ TORCH_LIBRARY(convops, m) {
   // [depthwise / grouped] (csrc/cpu/depthwise.cpp)
 
   // [separable] (csrc/cpu/separable.cpp)
+  // conv2d(conv2d(input, weight_v (Cmid, Cin/g, kh, 1)), weight_h (Cout, Cmid/g, 1, kw)) + bias:
+  // the vertical pass has stride/padding/dilation (sh, 1), (ph, 0), (dh, 1), the horizontal one
+  // (1, sw), (0, pw), (1, dw). One kernel for every backend (CompositeExplicitAutograd).
+  m.def(
+      "spatially_separable_conv2d(Tensor input, Tensor weight_v, Tensor weight_h, Tensor? bias, "
+      "int[2] stride, int[2] padding, int[2] dilation, int groups) -> Tensor");
 
   // [deformable] (csrc/cpu/deform_conv2d.cpp)
 

@@ -1,18 +1,34 @@
 """Benchmark suites. Each case is a layer from a real network, with the reference it must beat."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from typing import Callable, Optional
 
+import torch
 import torch.nn.functional as F
 
+from .. import decompose
 from .. import functional as cF
+
+
+@dataclass(frozen=True)
+class Approximation:
+    """convops computes an approximation of the reference: `fn(*prepare(*tensors), **kwargs)`,
+    where `prepare` (untimed; e.g. the SVD of a dense weight) maps the case's tensors to fn's
+    operands and must pass the input (tensors[0]) through unchanged. The runner reports the
+    error as information, not as a parity failure, compares only the output and the input's
+    gradient, and also times the exact convops op (OPS[op]) for a second ratio."""
+    fn: Callable
+    prepare: Callable
 
 
 @dataclass(frozen=True)
 class Case:
     """One benchmark row. The op functions are called as fn(*tensors, **kwargs) with the tensors
     made from `tensors` (default: input, weight, bias). Each spec is (name, shape, init) with init
-    "randn" (N(0,1)), "weight" (N(0,1)*0.05), "uniform" (U(0,1), e.g. a mask) or "none" (None)."""
+    "randn" (N(0,1)), "weight" (N(0,1)*0.05), "uniform" (U(0,1), e.g. a mask), "none" (None) or a
+    callable (shape, generator) -> float32 tensor."""
     suite: str
     name: str
     op: str                      # key of OPS
@@ -21,6 +37,7 @@ class Case:
     kwargs: dict = field(default_factory=dict)
     tensors: tuple = ()          # optional explicit (name, shape, init) specs replacing the default
     bytes_moved: int = 0         # optional: minimal DRAM bytes of the fwd pass, for a GB/s column
+    approximate: Optional[Approximation] = None  # convops runs an approximation (see Approximation)
 
     def tensor_specs(self) -> tuple:
         if self.tensors:
@@ -74,9 +91,58 @@ def _transposed(batch=16):
 
 # [separable] suites
 
+def _torch_spatially_separable(x, weight_v, weight_h, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    (sh, sw), (ph, pw), (dh, dw) = ((v, v) if isinstance(v, int) else v for v in (stride, padding, dilation))
+    mid = F.conv2d(x, weight_v, None, (sh, 1), (ph, 0), (dh, 1), groups)
+    return F.conv2d(mid, weight_h, bias, (1, sw), (0, pw), (1, dw), groups)
+
+
+OPS["spatially_separable_conv2d"] = (cF.spatially_separable_conv2d, "F.conv2d(F.conv2d(x, weight_v), weight_h)",
+                                     _torch_spatially_separable)
+
+
+def _from_dense(rank):
+    """Approximation of a dense conv2d(x, w, b) by its rank-`rank` separable pair."""
+    def prepare(x, w, b):
+        return (x, *decompose.spatially_separable(w, rank), b)
+    return Approximation(cF.spatially_separable_conv2d, prepare)
+
+
+def _decaying_spectrum(shape, generator):
+    """A (Cout, Cin, kh, kw) kernel whose (Cin*kh) x (Cout*kw) matrix has singular values
+    exp(-i/32), like trained kernels (random ones have a flat spectrum), scaled to std 0.05."""
+    cout, cin, kh, kw = shape
+    rows, cols = cin * kh, cout * kw
+    u, _ = torch.linalg.qr(torch.randn(rows, rows, generator=generator, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(cols, cols, generator=generator, dtype=torch.float64))
+    n = min(rows, cols)
+    a = (u[:, :n] * torch.exp(-torch.arange(n, dtype=torch.float64) / 32)) @ v[:, :n].T
+    a *= 0.05 * math.sqrt(a.numel()) / a.norm()
+    return a.reshape(cin, kh, cout, kw).permute(2, 0, 1, 3).contiguous().float()
+
+
+def _separable_spatial(batch=8):
+    """3x3 256->256 @28 as its rank-64 / rank-128 separable pair (from the SVD of the dense weight)
+    against the dense torch conv (ratio) and the dense convops conv (ratio_vs_convops)."""
+    x, w = (batch, 256, 28, 28), (256, 256, 3, 3)
+    dense = lambda name, rank, init="weight": Case(  # noqa: E731
+        "separable", name, "conv2d", x, w, dict(padding=1),
+        tensors=(("input", x, "randn"), ("weight", w, init), ("bias", (256,), "randn")),
+        approximate=_from_dense(rank))
+    return [
+        dense("3x3 256->256 @28 sep rank 64", 64),
+        dense("3x3 256->256 @28 sep rank 128", 128),
+        dense("3x3 256->256 @28 sep rank 64 decaying", 64, _decaying_spectrum),
+        Case("separable", "3x1+1x3 256->128->256 @28 (exact)", "spatially_separable_conv2d", x, (128, 256, 3, 1),
+             dict(padding=1), tensors=(("input", x, "randn"), ("weight_v", (128, 256, 3, 1), "weight"),
+                                       ("weight_h", (256, 128, 1, 3), "weight"), ("bias", (256,), "randn"))),
+    ]
+
+
 # [deformable] suites
 
 SUITES = {"dense": _dense, "transposed": _transposed}
 # [depthwise / grouped] SUITES.update(...)
 # [separable] SUITES.update(...)
+SUITES["separable_spatial"] = _separable_spatial
 # [deformable] SUITES.update(...)

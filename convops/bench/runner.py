@@ -1,6 +1,12 @@
 """Runner: for each case, convops and the reference are timed alternately (interleaved rounds,
 torch.utils.benchmark), each round's median kept, and the median over rounds reported. Parity
-of the outputs (and of the gradients in the fwd+bwd pass) is checked on the same tensors."""
+of the outputs (and of the gradients in the fwd+bwd pass) is checked on the same tensors.
+
+Approximate cases (Case.approximate, e.g. a low-rank separable pair standing in for a dense
+conv): convops runs the approximation on prepared operands, the exact convops op is timed in the
+same rounds too (row fields convops_exact_ms and ratio_vs_convops = approximation / exact
+convops), and max_rel_err (output and input gradient) is the approximation error, reported
+with approximate=True and never counted as a parity failure."""
 from __future__ import annotations
 
 import argparse
@@ -56,7 +62,10 @@ def _make_inputs(case: Case, device, dtype, requires_grad):
         if init == "none":
             made.append(None)
             continue
-        t = torch.rand(shape, generator=g) if init == "uniform" else torch.randn(shape, generator=g)
+        if callable(init):
+            t = init(shape, g)
+        else:
+            t = torch.rand(shape, generator=g) if init == "uniform" else torch.randn(shape, generator=g)
         if init == "weight":
             t = t * 0.05
         made.append(t.to(device, dtype).requires_grad_(requires_grad))
@@ -84,37 +93,49 @@ def _callable(fn, case, tensors, backward):
 
 
 def _parity(case, ours, ref, tensors, backward) -> float:
-    """Largest |ours - ref| relative to max|ref|, over the output and (fwd+bwd) the gradients."""
-    def run(fn):
+    """Largest |ours - ref| relative to max|ref|, over the output and (fwd+bwd) the gradients
+    (of an approximate case: the input's only, the other operands differ)."""
+    approx = case.approximate
+
+    def run(fn, prepare=None):
         xs = [None if t is None else t.detach().clone().requires_grad_(backward) for t in tensors]
-        out = fn(*xs, **case.kwargs)
+        out = fn(*(prepare(*xs) if prepare else xs), **case.kwargs)
         if not backward:
             return [out.detach()]
         gy = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(out)
-        return [out.detach()] + list(torch.autograd.grad(out, [t for t in xs if t is not None], gy))
+        wrt = xs[:1] if approx else [t for t in xs if t is not None]
+        return [out.detach()] + list(torch.autograd.grad(out, wrt, gy))
     worst = 0.0
-    for a, r in zip(run(ours), run(ref)):
+    for a, r in zip(run(ours, approx.prepare if approx else None), run(ref)):
         scale = r.abs().max().item() or 1.0
         worst = max(worst, (a.double() - r.double()).abs().max().item() / scale)
     return worst
 
 
 def measure(case: Case, backward: bool, rounds: int, min_run_time: float, device="cpu", dtype=torch.float32):
-    ours_fn, ref_name, ref_fn = OPS[case.op]
+    exact_fn, ref_name, ref_fn = OPS[case.op]
     tensors = _make_inputs(case, device, dtype, backward)
-    ours = _callable(ours_fn, case, tensors, backward)
-    ref = _callable(ref_fn, case, tensors, backward)
-    ours(), ref()  # warm-up (allocator, oneDNN primitive cache)
+    fns = {"ref": _callable(ref_fn, case, tensors, backward)}
+    if case.approximate:
+        prepared = [None if t is None else t.detach().requires_grad_(backward)
+                    for t in case.approximate.prepare(*tensors)]
+        fns["ours"] = _callable(case.approximate.fn, case, prepared, backward)
+        fns["exact"] = _callable(exact_fn, case, tensors, backward)
+    else:
+        fns["ours"] = _callable(exact_fn, case, tensors, backward)
+    ours = fns["ours"]
+    for fn in fns.values():
+        fn()  # warm-up (allocator, oneDNN primitive cache)
     torch.ops.convops._workspace_peak_bytes(True)
     ours()
     workspace = torch.ops.convops._workspace_peak_bytes(True)
-    times = {"ours": [], "ref": []}
+    times = {key: [] for key in fns}
+    keys = list(fns)
     for i in range(rounds):
-        # Alternate which goes first, and pair each round's two medians: the VM's speed drifts
-        # over seconds, so only measurements taken back to back are compared.
-        order = (("ours", ours), ("ref", ref)) if i % 2 == 0 else (("ref", ref), ("ours", ours))
-        for key, fn in order:
-            t = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+        # Rotate which goes first, and pair each round's medians: the VM's speed drifts over
+        # seconds, so only measurements taken back to back are compared.
+        for key in keys[i % len(keys):] + keys[:i % len(keys)]:
+            t = benchmark.Timer(stmt="fn()", globals={"fn": fns[key]}, num_threads=torch.get_num_threads())
             times[key].append(t.blocked_autorange(min_run_time=min_run_time).median * 1e3)
     ratio = statistics.median(o / r for o, r in zip(times["ours"], times["ref"]))
     ours_ms, ref_ms = statistics.median(times["ours"]), statistics.median(times["ref"])
@@ -124,10 +145,15 @@ def measure(case: Case, backward: bool, rounds: int, min_run_time: float, device
         "pass": "fwd+bwd" if backward else "fwd",
         "convops_ms": round(ours_ms, 4), "reference": ref_name, "reference_ms": round(ref_ms, 4),
         "ratio": round(ratio, 3),
-        "max_rel_err": _parity(case, ours_fn, ref_fn, tensors, backward),
+        "max_rel_err": _parity(case, case.approximate.fn if case.approximate else exact_fn, ref_fn, tensors,
+                               backward),
         "workspace_peak_mb": round(workspace / 2**20, 2),
         "rounds": rounds,
     }
+    if case.approximate:
+        row["approximate"] = True
+        row["convops_exact_ms"] = round(statistics.median(times["exact"]), 4)
+        row["ratio_vs_convops"] = round(statistics.median(o / e for o, e in zip(times["ours"], times["exact"])), 3)
     if case.bytes_moved and not backward:
         row["convops_gbps"] = round(case.bytes_moved / (ours_ms * 1e-3) / 1e9, 1)
     return row
@@ -141,8 +167,10 @@ def run_suites(names, quick=False, passes=("fwd", "fwd+bwd"), log=print):
             for p in passes:
                 row = measure(case, p == "fwd+bwd", rounds, min_time)
                 rows.append(row)
+                extra = f"  vs convops {row['ratio_vs_convops']:5.2f} (approximate)" if case.approximate else ""
                 log(f"  {row['suite']:<10} {row['case']:<34} {row['pass']:<8} convops {row['convops_ms']:9.3f} ms"
-                    f"  ref {row['reference_ms']:9.3f} ms  ratio {row['ratio']:5.2f}  err {row['max_rel_err']:.1e}")
+                    f"  ref {row['reference_ms']:9.3f} ms  ratio {row['ratio']:5.2f}  err {row['max_rel_err']:.1e}"
+                    + extra)
     return rows
 
 
@@ -155,18 +183,27 @@ def markdown(rows, info) -> str:
              "| suite | case | pass | convops ms | reference ms | ratio | max rel err | workspace MiB |"
              + (" convops GB/s |" if any("convops_gbps" in r for r in rows) else ""),
              "|---|---|---|---:|---:|---:|---:|---:|" + ("---:|" if any("convops_gbps" in r for r in rows) else "")]
+    approx = any(r.get("approximate") for r in rows)
+    if approx:
+        lines[0] += (" Approximate rows (≈ before the error): convops runs an approximation of the reference; "
+                     "the error is the approximation's, and 'vs convops' = its time / the exact convops op's.")
+        lines[2] += " vs convops |"
+        lines[3] += "---:|"
     for r in rows:
         gbps = (f" {r['convops_gbps']:.1f} |" if "convops_gbps" in r else " |") \
             if any("convops_gbps" in x for x in rows) else ""
+        vs = (f" {r['ratio_vs_convops']:.2f} |" if "ratio_vs_convops" in r else " |") if approx else ""
+        err = ("≈ " if r.get("approximate") else "") + f"{r['max_rel_err']:.1e}"
         lines.append(f"| {r['suite']} | {r['case']} | {r['pass']} | {r['convops_ms']:.2f} | {r['reference_ms']:.2f} | "
-                     f"{r['ratio']:.2f} | {r['max_rel_err']:.1e} | {r['workspace_peak_mb']:.1f} |" + gbps)
+                     f"{r['ratio']:.2f} | {err} | {r['workspace_peak_mb']:.1f} |" + gbps + vs)
     return "\n".join(lines)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m convops.bench", description=__doc__)
-    parser.add_argument("--suite", action="append", choices=sorted(SUITES) + ["all"],
-                        help="suite to run (repeatable; default: all)")
+    parser.add_argument("--suite", action="append", choices=sorted(SUITES) + ["all", "compile"],
+                        help="suite to run (repeatable; default: all). 'compile' (whole models, eager vs "
+                             "torch.compile; minutes) is not part of 'all'")
     parser.add_argument("--quick", action="store_true", help="fewer, shorter rounds")
     parser.add_argument("--pass", dest="passes", action="append", choices=["fwd", "fwd+bwd"])
     parser.add_argument("--threads", type=int, help="torch.set_num_threads before running")
@@ -176,21 +213,28 @@ def main(argv=None):
     _ensure_malloc_env()
     if args.threads:
         torch.set_num_threads(args.threads)
-    names = sorted(SUITES) if not args.suite or "all" in args.suite else args.suite
+    suites = args.suite or ["all"]
+    names = sorted(SUITES) if "all" in suites else [s for s in suites if s != "compile"]
     info = machine_info()
     print(f"convops bench: {info['cpu']}, {info['threads']} threads, torch {info['torch']}")
     start = time.time()
     rows = run_suites(names, quick=args.quick, passes=tuple(args.passes or ("fwd", "fwd+bwd")))
-    table = markdown(rows, info)
+    tables = [markdown(rows, info)] if rows else []
+    compile_rows = []
+    if "compile" in suites:  # whole models: its own runner and table (see compile_suite.py)
+        from . import compile_suite
+        compile_rows = compile_suite.run(quick=args.quick)
+        tables.append(compile_suite.markdown(compile_rows, info))
+    table = "\n\n".join(tables)
     print("\n" + table)
     print(f"\n({time.time() - start:.0f} s)")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"machine": info, "rows": rows}, f, indent=1)
+            json.dump({"machine": info, "rows": rows, "compile_rows": compile_rows}, f, indent=1)
     if args.markdown:
         with open(args.markdown, "w") as f:
             f.write(table + "\n")
-    bad = [r for r in rows if r["max_rel_err"] > 1e-3]
+    bad = [r for r in rows + compile_rows if r["max_rel_err"] > 1e-3 and not r.get("approximate")]
     if bad:
         print(f"PARITY FAILURE in {len(bad)} rows", file=sys.stderr)
         return 1

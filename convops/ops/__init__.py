@@ -5,6 +5,8 @@ from .conv import Conv2dFunction, ConvTranspose2dFunction, build_info
 # op families register below, one import each
 # [depthwise / grouped]
 # [separable]
+from .separable import SpatiallySeparableConv2dFunction
 # [deformable]
 
 __all__ = ["Conv2dFunction", "ConvTranspose2dFunction", "build_info"]
+__all__ += ["SpatiallySeparableConv2dFunction"]
