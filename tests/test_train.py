@@ -308,3 +308,13 @@ def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
     assert target.read_bytes() == b"old" and os.listdir(tmp_path) == ["checkpoint.pt"]
     train.atomic_write(str(target), lambda tmp: open(tmp, "wb").write(b"new"))
     assert target.read_bytes() == b"new" and os.listdir(tmp_path) == ["checkpoint.pt"]
+
+
+def test_conv_type_option(tmp_path, capsys):
+    summary = train.train(["--conv-type", "separable", "--epochs", "1", "--no-plot", *QUICK,
+                           "--out-dir", str(tmp_path / "sep")])
+    assert summary["config"]["kwargs"]["conv_type"] == "separable" and summary["steps"] == 3
+    err = _error(["--conv-type", "separable", "--compare-torch", "--out-dir", str(tmp_path / "b")], capsys)
+    assert "has no torch equivalent" in err and not (tmp_path / "b").exists()
+    err = _error(["--conv-type", "sparse", "--out-dir", str(tmp_path / "b")], capsys)
+    assert "unknown conv type 'sparse'; available: dense, separable, deformable, modulated" in err
