@@ -231,6 +231,8 @@ else:
     cpu = data["machine"]["cpu"]
     print(f"{results_files[-1].name}: {cpu.get('model')} family {cpu.get('family')} model {cpu.get('model_id')}, "
           f"{data['machine']['threads']} threads, torch {data['machine']['torch']}")
+    if data.get("note"):
+        print("note:", data["note"])
     rows = data["compile_rows"]
     groups = sorted({(r["model"], r["pass"]) for r in rows}, key=lambda g: (g[0], g[1] != "inference"))
     variants = ["torch eager", "torch compiled", "convops eager", "convops compiled"]
