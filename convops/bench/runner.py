@@ -59,7 +59,10 @@ def _make_inputs(case: Case, device, dtype, requires_grad):
         t = torch.rand(shape, generator=g) if init == "uniform" else torch.randn(shape, generator=g)
         if init == "weight":
             t = t * 0.05
-        made.append(t.to(device, dtype).requires_grad_(requires_grad))
+        t = t.to(device, dtype)
+        if case.channels_last and t.dim() == 4:
+            t = t.contiguous(memory_format=torch.channels_last)
+        made.append(t.requires_grad_(requires_grad))
     return made
 
 
@@ -86,7 +89,7 @@ def _callable(fn, case, tensors, backward):
 def _parity(case, ours, ref, tensors, backward) -> float:
     """Largest |ours - ref| relative to max|ref|, over the output and (fwd+bwd) the gradients."""
     def run(fn):
-        xs = [None if t is None else t.detach().clone().requires_grad_(backward) for t in tensors]
+        xs = [None if t is None else t.detach().clone().requires_grad_(backward) for t in tensors]  # clone keeps the layout
         out = fn(*xs, **case.kwargs)
         if not backward:
             return [out.detach()]

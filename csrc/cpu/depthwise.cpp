@@ -60,16 +60,20 @@ template <typename T>
 CONVOPS_INLINE void store(T* p, const Vec<T>& v) {
   __builtin_memcpy(p, &v, sizeof v);
 }
+// Partial vectors go through a small array: subscripting a vector (v[i]) would make GCC keep
+// it, and every accumulator it meets, in memory.
 // The first n lanes from p, zeros in the others.
 template <typename T>
 CONVOPS_INLINE Vec<T> load_partial(const T* p, int64_t n) {
-  Vec<T> v = {};
-  for (int64_t i = 0; i < n; ++i) v[i] = p[i];
-  return v;
+  alignas(64) T lanes[kLanes<T>] = {};
+  for (int64_t i = 0; i < n; ++i) lanes[i] = p[i];
+  return load(lanes);
 }
 template <typename T>
 CONVOPS_INLINE void store_partial(T* p, const Vec<T>& v, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) p[i] = v[i];
+  alignas(64) T lanes[kLanes<T>];
+  store(lanes, v);
+  for (int64_t i = 0; i < n; ++i) p[i] = lanes[i];
 }
 template <typename T>
 CONVOPS_INLINE Vec<T> load_n(const T* p, int64_t n) {
@@ -86,8 +90,10 @@ CONVOPS_INLINE void store_n(T* p, const Vec<T>& v, int64_t n) {
 // Lanes summed in a fixed order.
 template <typename T>
 CONVOPS_INLINE T lane_sum(const Vec<T>& v) {
+  alignas(64) T lanes[kLanes<T>];
+  store(lanes, v);
   T s = 0;
-  for (int64_t i = 0; i < kLanes<T>; ++i) s += v[i];
+  for (int64_t i = 0; i < kLanes<T>; ++i) s += lanes[i];
   return s;
 }
 
@@ -116,16 +122,27 @@ int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
 // output columns.
 struct PaddedPlane {
   int64_t phases = 1, width = 0, rows = 0;
+  // Flat: stride-1 rows read consecutive buffer rows, so the whole plane is computed as one
+  // long row (output (oh, ow) = flat element oh * row_elems + ow) and then compacted: fewer,
+  // fuller vectors when the rows are narrow (7x7 planes: 4 vectors instead of 7).
+  bool flat = false;
   int64_t row_elems() const { return phases * width; }
-  int64_t elems() const { return rows * row_elems(); }
+  // Whole vectors read past the last row need a vector of slack.
+  int64_t elems() const { return rows * row_elems() + 64; }
 };
 
-PaddedPlane padded_plane(const Conv2dGeometry& g, int64_t lanes) {
+PaddedPlane padded_plane(const Conv2dGeometry& g, int64_t lanes, bool allow_flat = false) {
   PaddedPlane p;
   p.phases = g.stride_w;
-  p.width = std::max(ceil_div(g.in_w + 2 * g.pad_w, g.stride_w),
-                     round_up(g.out_w, lanes) + (g.kernel_w - 1) * g.dilation_w / g.stride_w);
   p.rows = g.in_h + 2 * g.pad_h;
+  const int64_t narrow = ceil_div(g.in_w + 2 * g.pad_w, g.stride_w);
+  p.width = std::max(narrow, round_up(g.out_w, lanes) + (g.kernel_w - 1) * g.dilation_w / g.stride_w);
+  const int64_t row_vectors = g.out_h * ceil_div(g.out_w, lanes);
+  const int64_t flat_vectors = ceil_div((g.out_h - 1) * narrow * p.phases + g.out_w, lanes);
+  if (allow_flat && g.stride_h == 1 && 4 * flat_vectors < 3 * row_vectors) {
+    p.flat = true;
+    p.width = narrow;
+  }
   return p;
 }
 
@@ -178,16 +195,26 @@ CONVOPS_INLINE void fill_padded_rows(const T* plane, T* buf, const Conv2dGeometr
     }
     const T* src = plane + ih * g.in_w;
     if (p.phases == 1) {
-      std::fill(dst, dst + g.pad_w, T(0));
-      std::memcpy(dst + g.pad_w, src, g.in_w * sizeof(T));
-      std::fill(dst + g.pad_w + g.in_w, dst + p.width, T(0));
+      // Whole vectors (small planes would pay more for memset/memcpy calls than for the
+      // copy); the zeros may run into the next row, which is written after this one, or into
+      // the buffer's slack.
+      constexpr int64_t V = kLanes<T>;
+      for (int64_t i = 0; i < p.width; i += V) store(dst + i, Vec<T>{});
+      int64_t i = 0;
+      for (; i + V <= g.in_w; i += V) store(dst + g.pad_w + i, load(src + i));
+      if (i < g.in_w) store_partial(dst + g.pad_w + i, load_partial(src + i, g.in_w - i), g.in_w - i);
       continue;
     }
     for (int64_t ph = 0; ph < p.phases; ++ph, dst += p.width) {
-      for (int64_t i = 0; i < p.width; ++i) {
-        const int64_t iw = i * p.phases + ph - g.pad_w;
-        dst[i] = (iw >= 0 && iw < g.in_w) ? src[iw] : T(0);
-      }
+      // Element i holds input column i * phases + ph - pad_w: inside the row for i in [lo, hi).
+      const int64_t first = ph - g.pad_w;
+      const int64_t lo = std::min(p.width, first >= 0 ? 0 : ceil_div(-first, p.phases));
+      const int64_t hi = std::max(lo, std::min(p.width, ceil_div(g.in_w - first, p.phases)));
+      std::fill(dst, dst + lo, T(0));
+      const T* from = src + first;
+      const int64_t step = p.phases;
+      for (int64_t i = lo; i < hi; ++i) dst[i] = from[i * step];
+      std::fill(dst + hi, dst + p.width, T(0));
     }
   }
 }
@@ -223,6 +250,21 @@ CONVOPS_INLINE void forward_rows(const T* buf, int64_t r0, const DwCall<T>& a, c
     const T* base = buf + (oh * g.stride_h - r0) * a.plane.row_elems();
     T* dst = out + (oh - oh0) * g.out_w;
     int64_t ow = 0;
+    // Four independent accumulators hide the FMA latency.
+    for (; ow + 4 * V <= g.out_w; ow += 4 * V) {
+      Vec<T> acc0 = Vec<T>{} + bias, acc1 = acc0, acc2 = acc0, acc3 = acc0;
+      for (int64_t t = 0; t < taps; ++t) {
+        const T* src = base + off[t] + ow;
+        acc0 += w[t] * load(src);
+        acc1 += w[t] * load(src + V);
+        acc2 += w[t] * load(src + 2 * V);
+        acc3 += w[t] * load(src + 3 * V);
+      }
+      store(dst + ow, acc0);
+      store(dst + ow + V, acc1);
+      store(dst + ow + 2 * V, acc2);
+      store(dst + ow + 3 * V, acc3);
+    }
     for (; ow + 2 * V <= g.out_w; ow += 2 * V) {
       Vec<T> acc0 = Vec<T>{} + bias, acc1 = acc0;
       for (int64_t t = 0; t < taps; ++t) {
@@ -238,6 +280,40 @@ CONVOPS_INLINE void forward_rows(const T* buf, int64_t r0, const DwCall<T>& a, c
       for (int64_t t = 0; t < taps; ++t) acc += w[t] * load(base + off[t] + ow);
       store_n(dst + ow, acc, std::min(V, g.out_w - ow));
     }
+  }
+}
+
+// forward_rows over a whole flat plane (PaddedPlane::flat): the flat result goes to `flat`
+// (round_up(length, lanes) elements), then its rows to the output plane.
+template <typename T, int kTaps>
+CONVOPS_INLINE void forward_plane_flat(const T* buf, const DwCall<T>& a, const T* w, T bias,
+                                       T* out, T* flat) {
+  constexpr int64_t V = kLanes<T>;
+  const Conv2dGeometry& g = *a.g;
+  const int64_t taps = kTaps > 0 ? kTaps : g.kernel_area();
+  const int64_t* off = a.taps;
+  const int64_t row = a.plane.row_elems(), length = (g.out_h - 1) * row + g.out_w;
+  int64_t i = 0;
+  for (; i + 2 * V <= length + V - 1; i += 2 * V) {
+    Vec<T> acc0 = Vec<T>{} + bias, acc1 = acc0;
+    for (int64_t t = 0; t < taps; ++t) {
+      acc0 += w[t] * load(buf + off[t] + i);
+      acc1 += w[t] * load(buf + off[t] + i + V);
+    }
+    store(flat + i, acc0);
+    store(flat + i + V, acc1);
+  }
+  for (; i < length; i += V) {
+    Vec<T> acc = Vec<T>{} + bias;
+    for (int64_t t = 0; t < taps; ++t) acc += w[t] * load(buf + off[t] + i);
+    store(flat + i, acc);
+  }
+  for (int64_t oh = 0; oh < g.out_h; ++oh) {
+    const T* src = flat + oh * row;
+    T* dst = out + oh * g.out_w;
+    int64_t ow = 0;
+    for (; ow + V <= g.out_w; ow += V) store(dst + ow, load(src + ow));
+    if (ow < g.out_w) store_partial(dst + ow, load(src + ow), g.out_w - ow);
   }
 }
 
@@ -296,8 +372,14 @@ CONVOPS_INLINE void forward_planes_k(const DwCall<T>& a) {
     const int64_t n = plane / g.in_channels, c = plane % g.in_channels;
     fill_padded_rows(a.src + plane * g.in_area(), a.buf, g, a.plane, 0, a.plane.rows);
     for (int64_t o = c * m; o < (c + 1) * m; ++o) {
-      forward_rows<T, kTaps>(a.buf, 0, a, a.weight + o * taps, a.bias ? a.bias[o] : T(0),
-                             a.dst + (n * g.out_channels + o) * g.out_area(), 0, g.out_h);
+      T* out = a.dst + (n * g.out_channels + o) * g.out_area();
+      const T bias = a.bias ? a.bias[o] : T(0);
+      if (a.plane.flat) {
+        forward_plane_flat<T, kTaps>(a.buf, a, a.weight + o * taps, bias, out,
+                                     a.buf + a.plane.elems());
+      } else {
+        forward_rows<T, kTaps>(a.buf, 0, a, a.weight + o * taps, bias, out, 0, g.out_h);
+      }
     }
   }
 }
@@ -374,7 +456,11 @@ CONVOPS_INLINE void forward_nhwc_k(const DwCall<T>& a) {
       Vec<T>* w = kTaps > 0 ? w_fixed : w_buf.data();
       for (int64_t t = 0; t < taps; ++t) w[t] = load(a.weight + t * Cp + c0);
       const Vec<T> bias = a.bias ? load(a.bias + c0) : Vec<T>{};
-      for (int64_t ow = 0; ow < g.out_w; ++ow) {
+      // Output columns whose taps all fall inside the row: no bounds checks there.
+      const int64_t ow_lo = std::min(g.out_w, ceil_div(g.pad_w, g.stride_w));
+      const int64_t last_in = g.in_w - 1 - (g.kernel_w - 1) * g.dilation_w + g.pad_w;
+      const int64_t ow_hi = std::max(ow_lo, std::min(g.out_w, last_in < 0 ? 0 : last_in / g.stride_w + 1));
+      auto border = [&](int64_t ow) {
         Vec<T> acc = bias;
         for (int64_t ki = 0; ki < g.kernel_h; ++ki) {
           const int64_t ih = oh * g.stride_h - g.pad_h + ki * g.dilation_h;
@@ -387,7 +473,33 @@ CONVOPS_INLINE void forward_nhwc_k(const DwCall<T>& a) {
           }
         }
         store_n(dst_row + ow * C + c0, acc, lanes);
+      };
+      for (int64_t ow = 0; ow < ow_lo; ++ow) border(ow);
+      int64_t ow = ow_lo;
+      if (lanes == V) {
+        const int64_t step = g.stride_w * C, tap_step = g.dilation_w * C;
+        for (; ow + 4 <= ow_hi; ow += 4) {
+          Vec<T> acc0 = bias, acc1 = bias, acc2 = bias, acc3 = bias;
+          for (int64_t ki = 0; ki < g.kernel_h; ++ki) {
+            const int64_t ih = oh * g.stride_h - g.pad_h + ki * g.dilation_h;
+            if (ih < 0 || ih >= g.in_h) continue;
+            const T* src = a.src + ((n * g.in_h + ih) * g.in_w + ow * g.stride_w - g.pad_w) * C + c0;
+            for (int64_t kj = 0; kj < g.kernel_w; ++kj, src += tap_step) {
+              const Vec<T> wt = w[ki * g.kernel_w + kj];
+              acc0 += wt * load(src);
+              acc1 += wt * load(src + step);
+              acc2 += wt * load(src + 2 * step);
+              acc3 += wt * load(src + 3 * step);
+            }
+          }
+          T* d = dst_row + ow * C + c0;
+          store(d, acc0);
+          store(d + C, acc1);
+          store(d + 2 * C, acc2);
+          store(d + 3 * C, acc3);
+        }
       }
+      for (; ow < g.out_w; ++ow) border(ow);
     }
   }
 }
@@ -509,7 +621,9 @@ T* ptr_or_null(const at::Tensor& t) {
 template <typename T, class Driver>
 void run_parallel(DwCall<T> a, int64_t tasks, int64_t grain, int64_t buf_rows,
                   const at::TensorOptions& options, const Driver& driver) {
-  const int64_t buf_elems = a.taps ? buf_rows * a.plane.row_elems() : 0;
+  // NCHW kernels: the padded rows (+ slack), and for a flat plane its flat result after them.
+  const int64_t plane_elems = buf_rows * a.plane.row_elems() + 64;
+  const int64_t buf_elems = a.taps ? plane_elems * (a.plane.flat ? 2 : 1) : 0;
   at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) {
     const ScratchBuffer buf(buf_elems, options);
     DwCall<T> call = a;
@@ -566,7 +680,7 @@ at::Tensor forward_compute(const at::Tensor& input, const at::Tensor& weight,
     }
     a.weight = w.data_ptr<scalar_t>();
     a.bias = ptr_or_null<scalar_t>(b);
-    a.plane = padded_plane(g, V);
+    a.plane = padded_plane(g, V, /*allow_flat=*/true);
     const auto taps = tap_offsets(g, a.plane);
     a.taps = taps.data();
     const int64_t m = g.out_channels / g.in_channels;
@@ -703,7 +817,7 @@ at::Tensor separable_forward_compute(const at::Tensor& input, const at::Tensor& 
     proto.taps = offsets.data();
     const int64_t buf_rows = rows_read(g, 0, band_rows).r1;
     parallel_gemm_for(g.batch * bands, [&](int64_t begin, int64_t end) {
-      const ScratchBuffer plane_buf(buf_rows * proto.plane.row_elems(), x.options());
+      const ScratchBuffer plane_buf(buf_rows * proto.plane.row_elems() + 64, x.options());
       const ScratchBuffer tile_buf(g.out_channels * band_rows * g.out_w, x.options());
       for (int64_t item = begin; item < end; ++item) {
         const int64_t n = item / bands, oh0 = item % bands * band_rows;
