@@ -328,10 +328,18 @@ CONVOPS_INLINE void input_grad_rows(T* buf, const DwCall<T>& a, const T* w, cons
   for (int64_t oh = oh0; oh < oh1; ++oh) {
     T* base = buf + oh * g.stride_h * a.plane.row_elems();
     const T* src = grad + (oh - oh0) * g.out_w;
-    for (int64_t ow = 0; ow < g.out_w; ow += V) {
-      const Vec<T> d = load_n(src + ow, std::min(V, g.out_w - ow));
+    const int64_t full = g.out_w / V * V;
+    // Taps outside, columns inside: consecutive read-add-writes touch disjoint vectors, so a
+    // load never waits on an overlapping store still in flight (taps one column apart would).
+    for (int64_t t = 0; t < taps; ++t) {
+      const T wt = w[t];
+      T* p = base + off[t];
+      for (int64_t ow = 0; ow < full; ow += V) store(p + ow, load(p + ow) + wt * load(src + ow));
+    }
+    if (full < g.out_w) {
+      const Vec<T> d = load_partial(src + full, g.out_w - full);
       for (int64_t t = 0; t < taps; ++t) {
-        T* p = base + off[t] + ow;
+        T* p = base + off[t] + full;
         store(p, load(p) + w[t] * d);
       }
     }
