@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .ops import Conv2dFunction, ConvTranspose2dFunction, SpatiallySeparableConv2dFunction
+from .ops import (Conv2dFunction, ConvTranspose2dFunction, DepthwiseConv2dFunction,
+                  DepthwiseSeparableConv2dFunction, SpatiallySeparableConv2dFunction)
 
 __all__ = ["conv1d", "conv2d", "conv_transpose1d", "conv_transpose2d", "depthwise_conv2d",
            "depthwise_separable_conv2d", "PaddingStringError"]
@@ -159,20 +160,39 @@ def conv_transpose1d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = Non
 
 # ----------------------------------------------------------------------------- [depthwise / grouped]
 
+def _depthwise_args(input, weight, stride, padding, dilation, name):
+    """Like torch: batch dim added to an unbatched input, int-or-pair arguments expanded,
+    'same'/'valid' resolved (the odd extra of an even kernel as an explicit zero pad)."""
+    input, batched = _as_batched(input, weight, 2, name)
+    stride = _expand(stride, 2, "stride")
+    dilation = _expand(dilation, 2, "dilation")
+    if isinstance(padding, str):
+        input, padding = _resolve_padding_string(input, weight, padding, stride, dilation, 2)
+    else:
+        padding = _expand(padding, 2, "padding")
+    return input, batched, stride, padding, dilation
+
+
 def depthwise_conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride: IntOrSeq = 1,
                      padding: Union[IntOrSeq, str] = 0, dilation: IntOrSeq = 1) -> Tensor:
     """`F.conv2d(input, weight, bias, stride, padding, dilation, groups=C)` with weight (C*m, 1, kh, kw)."""
-    return conv2d(input, weight, bias, stride, padding, dilation, groups=input.shape[-3])
+    input, batched, stride, padding, dilation = _depthwise_args(input, weight, stride, padding, dilation,
+                                                                "conv2d")
+    out = DepthwiseConv2dFunction.apply(input, weight, bias, stride, padding, dilation)
+    return out if batched else out.squeeze(0)
 
 
 def depthwise_separable_conv2d(input: Tensor, depthwise_weight: Tensor, pointwise_weight: Tensor,
                                depthwise_bias: Optional[Tensor] = None,
                                pointwise_bias: Optional[Tensor] = None, stride: IntOrSeq = 1,
                                padding: Union[IntOrSeq, str] = 0, dilation: IntOrSeq = 1) -> Tensor:
-    """A depthwise conv then a 1x1 conv: `F.conv2d(F.conv2d(x, dw, db, stride, padding, dilation,
-    groups=C), pw, pb)`."""
-    mid = depthwise_conv2d(input, depthwise_weight, depthwise_bias, stride, padding, dilation)
-    return conv2d(mid, pointwise_weight, pointwise_bias)
+    """A depthwise conv then a 1x1 conv, fused: `F.conv2d(F.conv2d(x, dw, db, stride, padding,
+    dilation, groups=C), pw, pb)` without materialising the depthwise output."""
+    input, batched, stride, padding, dilation = _depthwise_args(input, depthwise_weight, stride, padding,
+                                                                dilation, "conv2d")
+    out = DepthwiseSeparableConv2dFunction.apply(input, depthwise_weight, pointwise_weight, depthwise_bias,
+                                                 pointwise_bias, stride, padding, dilation)
+    return out if batched else out.squeeze(0)
 
 
 # ----------------------------------------------------------------------------- [separable]

@@ -47,6 +47,16 @@ TORCH_LIBRARY(convops, m) {
       "conv2d_weight_grad(Tensor grad_output, Tensor input, SymInt[2] kernel_size, "
       "int[2] stride, int[2] padding, int[2] dilation, int groups) -> Tensor");
   // [depthwise / grouped] (csrc/cpu/depthwise.cpp)
+  // F.conv2d with groups = input channels; weight (C*m, 1, kh, kw).
+  m.def(
+      "depthwise_conv2d(Tensor input, Tensor weight, Tensor? bias, int[2] stride, "
+      "int[2] padding, int[2] dilation) -> Tensor");
+  // depthwise conv then 1x1 conv (pointwise_weight (O, C*m, 1, 1)), fused: the depthwise output
+  // is never materialised in full.
+  m.def(
+      "depthwise_separable_conv2d(Tensor input, Tensor depthwise_weight, Tensor pointwise_weight, "
+      "Tensor? depthwise_bias, Tensor? pointwise_bias, int[2] stride, int[2] padding, "
+      "int[2] dilation) -> Tensor");
 
   // [separable] (csrc/cpu/separable.cpp)
   // conv2d(conv2d(input, weight_v (Cmid, Cin/g, kh, 1)), weight_h (Cout, Cmid/g, 1, kw)) + bias:

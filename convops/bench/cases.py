@@ -38,6 +38,7 @@ class Case:
     tensors: tuple = ()          # optional explicit (name, shape, init) specs replacing the default
     bytes_moved: int = 0         # optional: minimal DRAM bytes of the fwd pass, for a GB/s column
     approximate: Optional[Approximation] = None  # convops runs an approximation (see Approximation)
+    channels_last: bool = False  # 4-D tensors made channels_last (the input and its twins)
 
     def tensor_specs(self) -> tuple:
         if self.tensors:
@@ -58,6 +59,9 @@ OPS = {
     "conv2d": (cF.conv2d, "torch.nn.functional.conv2d", F.conv2d),
     "conv1d": (cF.conv1d, "torch.nn.functional.conv1d", F.conv1d),
     "conv_transpose2d": (cF.conv_transpose2d, "torch.nn.functional.conv_transpose2d", F.conv_transpose2d),
+    # [depthwise / grouped] OPS
+    "depthwise_separable_conv2d": (cF.depthwise_separable_conv2d, "conv2d(conv2d(x, dw, groups=C), pw)",
+                                   lambda *a, **k: _two_torch_calls(*a, **k)),
 }
 
 
@@ -88,6 +92,20 @@ def _transposed(batch=16):
 
 
 # [depthwise / grouped] suites
+
+def _depthwise(batch=8):
+    """3x3 depthwise layers of MobileNetV2 (groups = channels), NCHW then channels_last."""
+    layers = [(32, 112, 1), (96, 112, 2), (144, 56, 1), (192, 28, 1), (384, 14, 1), (960, 7, 1)]
+    cases = []
+    for channels_last in (False, True):
+        for c, hw, stride in layers:
+            out_hw = (hw - 1) // stride + 1
+            name = f"dw3x3 {c}ch @{hw}" + (f" s2->{out_hw}" if stride > 1 else "") + (" CL" if channels_last else "")
+            elems = batch * c * (hw * hw + out_hw * out_hw) + c * 9
+            cases.append(Case("depthwise", name, "conv2d", (batch, c, hw, hw), (c, 1, 3, 3),
+                              dict(stride=stride, padding=1, groups=c), bytes_moved=4 * elems,
+                              channels_last=channels_last))
+    return cases
 
 # [separable] suites
 
@@ -139,10 +157,28 @@ def _separable_spatial(batch=8):
     ]
 
 
+def _separable(batch=8):
+    """MobileNetV2 depthwise-separable blocks: dw3x3 (+bias) then pw1x1 (+bias), fused vs two torch calls."""
+    cases = []
+    for c, out, hw in [(144, 24, 56), (384, 64, 14)]:
+        tensors = (("input", (batch, c, hw, hw), "randn"), ("depthwise_weight", (c, 1, 3, 3), "weight"),
+                   ("pointwise_weight", (out, c, 1, 1), "weight"), ("depthwise_bias", (c,), "randn"),
+                   ("pointwise_bias", (out,), "randn"))
+        elems = batch * hw * hw * (c + out) + c * 9 + out * c
+        cases.append(Case("separable", f"dw3x3+pw1x1 {c}->{out} @{hw}", "depthwise_separable_conv2d",
+                          (batch, c, hw, hw), (c, 1, 3, 3), dict(padding=1), tensors=tensors,
+                          bytes_moved=4 * elems))
+    return cases
+
+
+def _two_torch_calls(x, dw, pw, db=None, pb=None, stride=1, padding=0, dilation=1):
+    return F.conv2d(F.conv2d(x, dw, db, stride, padding, dilation, x.shape[-3]), pw, pb)
+
 # [deformable] suites
 
 SUITES = {"dense": _dense, "transposed": _transposed}
 # [depthwise / grouped] SUITES.update(...)
+SUITES.update(depthwise=_depthwise)
 # [separable] SUITES.update(...)
-SUITES["separable_spatial"] = _separable_spatial
+SUITES["separable"] = lambda batch=8: _separable(batch) + _separable_spatial(batch)
 # [deformable] SUITES.update(...)

@@ -68,7 +68,10 @@ def _make_inputs(case: Case, device, dtype, requires_grad):
             t = torch.rand(shape, generator=g) if init == "uniform" else torch.randn(shape, generator=g)
         if init == "weight":
             t = t * 0.05
-        made.append(t.to(device, dtype).requires_grad_(requires_grad))
+        t = t.to(device, dtype)
+        if case.channels_last and t.dim() == 4:
+            t = t.contiguous(memory_format=torch.channels_last)
+        made.append(t.requires_grad_(requires_grad))
     return made
 
 
