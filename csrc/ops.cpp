@@ -7,6 +7,7 @@
 
 #include "common/build_info.h"
 #include "common/conv_gemm.h"
+#include "cpu/direct_kernels.h"
 
 namespace convops {
 
@@ -47,6 +48,8 @@ TORCH_LIBRARY(convops, m) {
       "conv2d_weight_grad(Tensor grad_output, Tensor input, SymInt[2] kernel_size, "
       "int[2] stride, int[2] padding, int[2] dilation, int groups) -> Tensor");
   // [depthwise / grouped] (csrc/cpu/depthwise.cpp)
+  // Calls claimed by the grouped kernel (csrc/cpu/grouped_conv2d.cpp) since the last reset.
+  m.def("_grouped_kernel_calls(bool reset=False) -> int", &cpu::grouped_kernel_calls_count);
 
   // [separable] (csrc/cpu/separable.cpp)
 
