@@ -114,31 +114,57 @@ struct Correlation {
 
 // Packed band geometry, shared by the forward and the weight gradient: a band of `rows`
 // output rows reads `rows_in` rows of X, each stored as stride_w phases of phase_len.
+//
+// The micro-kernels walk "runs" of vectors. Row mode: one run per output row, rounded up to
+// whole vectors. Flat mode (stride 1): output position (r, ow) of the band is element
+// r * pitch + ow with pitch = the padded input row, so every tap reads pack[q + offset] for
+// all q and the whole band is one run; the pitch - out_w columns per row that do not exist
+// are computed and thrown away (2 of 58 at 56 wide, instead of 8 of 64 in row mode).
 struct BandLayout {
-  int64_t lanes, vectors;   // output width rounded up to whole vectors: vectors * lanes
-  int64_t rows;             // output rows per band
-  int64_t bands;            // bands per image
+  int64_t lanes;
+  bool flat;
+  int64_t rows, bands;      // output rows per band, bands per image
   int64_t rows_in, phase_len, row_stride, chan_stride;
+  int64_t vectors;          // row mode: vectors per output row
+  int64_t pitch;            // elements per output row in the band buffers
+  int64_t plane;            // elements per channel of a band buffer (with overrun room)
+  int64_t runs(int64_t band_rows) const { return flat ? 1 : band_rows; }
+  int64_t run_vectors(int64_t band_rows) const {
+    return flat ? (band_rows * pitch + lanes - 1) / lanes : vectors;
+  }
+  int64_t x_run_step(int64_t stride_h) const { return flat ? 0 : stride_h * row_stride; }
+  int64_t buf_run_step() const { return flat ? 0 : pitch; }
 };
 
+// ~24 KiB per band of packed X plus the band buffer of `buffer_channels` channels: it stays in
+// L1 while every output channel of the group reads it kh*kw times.
+constexpr int64_t kBandBytes = 24 << 10;
+
 template <typename T>
-BandLayout band_layout(const Correlation<T>& p, int64_t lanes, int64_t extra_elems_per_row) {
+BandLayout band_layout(const Correlation<T>& p, int64_t lanes, int64_t buffer_channels) {
   BandLayout b{};
   b.lanes = lanes;
+  b.flat = p.stride_h == 1 && p.stride_w == 1;
   b.vectors = (p.out_w + lanes - 1) / lanes;
-  b.phase_len = b.vectors * lanes + (p.kernel_w - 1) * p.dilation_w / p.stride_w + 1;
+  const int64_t reach_w = (p.kernel_w - 1) * p.dilation_w;
+  if (b.flat) {
+    b.phase_len = p.out_w + reach_w;  // the padded input row
+    b.pitch = b.phase_len;
+  } else {
+    b.phase_len = b.vectors * lanes + reach_w / p.stride_w + 1;
+    b.pitch = b.vectors * lanes;
+  }
   b.row_stride = p.stride_w * b.phase_len;
-  // ~24 KiB of packed X (+ whatever else the pass packs per output row) per band: it stays in
-  // L1/L2 while every output channel of the group reads it kh*kw times.
-  constexpr int64_t kBandBytes = 24 << 10;
-  const int64_t per_out_row = (p.channels * p.stride_h * b.row_stride + extra_elems_per_row) *
+  const int64_t per_out_row = (p.channels * p.stride_h * b.row_stride + buffer_channels * b.pitch) *
                               int64_t(sizeof(T));
-  int64_t rows = std::clamp<int64_t>(kBandBytes / std::max<int64_t>(1, per_out_row), 1, p.out_h);
+  const int64_t rows = std::clamp<int64_t>(kBandBytes / std::max<int64_t>(1, per_out_row), 1, p.out_h);
   const int64_t bands = (p.out_h + rows - 1) / rows;
   b.rows = (p.out_h + bands - 1) / bands;  // equal bands, no sliver
   b.bands = (p.out_h + b.rows - 1) / b.rows;
   b.rows_in = (b.rows - 1) * p.stride_h + (p.kernel_h - 1) * p.dilation_h + 1;
-  b.chan_stride = b.rows_in * b.row_stride;
+  // Flat runs read up to a vector (plus the kernel's reach) past the band's last row.
+  b.chan_stride = b.rows_in * b.row_stride + (b.flat ? reach_w + lanes : 0);
+  b.plane = b.rows * b.pitch + lanes;
   return b;
 }
 
@@ -203,13 +229,6 @@ int64_t output_block(int64_t outputs) {
 
 // ----------------------------------------------------------------------------- forward
 
-struct ForwardArgs {
-  const int64_t* offs;
-  int64_t reduction;
-  int64_t out_plane;   // elements between output channels
-  int64_t valid_o;     // output channels of the block that exist
-};
-
 // Everything one forward pass shares between its threads.
 template <typename T>
 struct ForwardPlan {
@@ -218,10 +237,22 @@ struct ForwardPlan {
   const T* wpack;   // [group][block][reduction][OB]
   const T* bpack;   // [group][block][OB]
   T* out;           // (N, groups*outputs, out_h, out_w), contiguous
-  T* scratch;       // one pack buffer per thread
   int64_t ob;       // output block
   const int64_t* offs;
+  int64_t x_pack_elems;  // per thread scratch: X pack, then the band buffer (ob planes)
 };
+
+// Copies the band buffer of `valid` channels into the output rows [oh0, oh0 + rows).
+template <typename T>
+void store_band(const BandLayout& b, const T* buf, int64_t valid, T* out, int64_t out_area,
+                int64_t out_w, int64_t oh0, int64_t rows) {
+  for (int64_t o = 0; o < valid; ++o) {
+    for (int64_t r = 0; r < rows; ++r) {
+      std::memcpy(out + o * out_area + (oh0 + r) * out_w, buf + o * b.plane + r * b.pitch,
+                  sizeof(T) * out_w);
+    }
+  }
+}
 
 // ----------------------------------------------------------------------------- weight grad
 
@@ -233,7 +264,7 @@ struct WeightGradPlan {
   BandLayout band;
   Source<T> dy;        // grad_output (N, groups*outputs, out_h, out_w)
   int64_t ob;          // output block
-  int64_t dy_row;      // packed grad_output row: band.vectors * lanes
+  const int64_t* offs;
   int64_t x_pack_elems, dy_pack_elems;  // per thread scratch: X pack, dy pack, then the
                                         // vector sums of one group
   T* partial;          // per share: (groups, outputs, channels, kh, kw)
@@ -251,12 +282,12 @@ void pack_grad_output(const WeightGradPlan<T>& w, int64_t n, int64_t group, int6
                       int64_t rows, T* dst) {
   const auto& p = w.p;
   const int64_t opad = padded_outputs(w);
-  std::memset(dst, 0, sizeof(T) * opad * w.band.rows * w.dy_row);
+  std::memset(dst, 0, sizeof(T) * opad * w.band.plane);
   for (int64_t o = 0; o < p.outputs; ++o) {
     const T* plane = w.dy.data + n * w.dy.stride_n + (group * p.outputs + o) * w.dy.stride_c;
     for (int64_t r = 0; r < rows; ++r) {
       const T* src = plane + (oh0 + r) * w.dy.stride_h;
-      T* out = dst + (o * w.band.rows + r) * w.dy_row;
+      T* out = dst + o * w.band.plane + r * w.band.pitch;
       if (w.dy.stride_w == 1) {
         std::memcpy(out, src, sizeof(T) * p.out_w);
       } else {
@@ -457,20 +488,18 @@ template <typename T, class WeightAt>
 void run_correlation(const Correlation<T>& p, const WeightAt& weight_at, const T* bias,
                      at::Tensor& out) {
   const auto& ks = kernels<T>();
-  const BandLayout band = band_layout(p, ks.lanes, 0);
   const int64_t ob = output_block(p.outputs);
+  const BandLayout band = band_layout(p, ks.lanes, ob);
   std::vector<T> wpack, bpack;
   pack_weights(p, ob, weight_at, bias, wpack, bpack);
   const std::vector<int64_t> offs = tap_offsets(p, band);
-  const int64_t pack_elems = x_pack_elems(p, band);
-  const int threads = at::get_num_threads();
-  const ScratchBuffer scratch(threads * pack_elems, out.options());
-  const ForwardPlan<T> f{p, band, wpack.data(), bpack.data(), out.data_ptr<T>(),
-                         scratch.tensor().data_ptr<T>(), ob, offs.data()};
+  const ForwardPlan<T> f{p, band, wpack.data(), bpack.data(), out.data_ptr<T>(), ob,
+                         offs.data(), x_pack_elems(p, band)};
+  const int64_t per_thread = f.x_pack_elems + ob * band.plane;
+  const ScratchBuffer scratch(at::get_num_threads() * per_thread, out.options());
   const int64_t items = p.batch * p.groups * band.bands;
   at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
-    T* pack = f.scratch + at::get_thread_num() * pack_elems;
-    ks.forward(f, begin, end, pack);
+    ks.forward(f, begin, end, scratch.tensor().data_ptr<T>() + at::get_thread_num() * per_thread);
   });
 }
 
@@ -545,11 +574,11 @@ void run_weight_grad(const Correlation<T>& p, const at::Tensor& grad_output, at:
   const auto& ks = kernels<T>();
   const int64_t ob = output_block(p.outputs);
   const int64_t opad = (p.outputs + ob - 1) / ob * ob;
-  const int64_t dy_row = (p.out_w + ks.lanes - 1) / ks.lanes * ks.lanes;
-  const BandLayout band = band_layout(p, ks.lanes, opad * dy_row);
-  WeightGradPlan<T> w{p, band, source_of<T>(grad_output), ob, dy_row, 0, 0, nullptr};
+  const BandLayout band = band_layout(p, ks.lanes, opad);
+  const std::vector<int64_t> offs = tap_offsets(p, band);
+  WeightGradPlan<T> w{p, band, source_of<T>(grad_output), ob, offs.data(), 0, 0, nullptr};
   w.x_pack_elems = x_pack_elems(p, band);
-  w.dy_pack_elems = opad * band.rows * dy_row;
+  w.dy_pack_elems = opad * band.plane;
   const int64_t per_thread = w.x_pack_elems + w.dy_pack_elems + opad * p.reduction() * ks.lanes;
   const int64_t items = p.groups * p.batch * band.bands;
   const int64_t shares = std::min<int64_t>(at::get_num_threads(), items);
