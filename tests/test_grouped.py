@@ -237,3 +237,40 @@ def test_grouped_errors_match_torch(x_shape, w_shape, groups):
     expected = _torch_message(lambda: F.conv2d(x, w, groups=groups))
     assert _torch_message(lambda: cF.conv2d(x, w, groups=groups)) == expected
     assert _torch_message(lambda: ops.conv2d(x, w, None, [1, 1], [0, 0], [1, 1], groups)) == expected
+
+
+_OTHER_ISA_SCRIPT = r"""
+import torch, torch.nn.functional as F
+import convops.functional as cF
+torch.manual_seed(0)
+ops = torch.ops.convops
+for dtype in (torch.float64, torch.float32):
+    for (groups, cin, cout, kw) in [(4, 4, 4, dict(padding=1)), (2, 3, 5, dict(stride=2, dilation=2, padding=2))]:
+        x = torch.randn(2, groups * cin, 9, 11, dtype=dtype, requires_grad=True)
+        w = torch.randn(groups * cout, cin, 3, 3, dtype=dtype, requires_grad=True)
+        ops._grouped_kernel_calls(True)
+        y, r = cF.conv2d(x, w, groups=groups, **kw), F.conv2d(x, w, groups=groups, **kw)
+        gy = torch.randn_like(r)
+        mine, ref = torch.autograd.grad(y, (x, w), gy), torch.autograd.grad(r, (x, w), gy)
+        assert ops._grouped_kernel_calls() == 3
+        tol = 1e-10 if dtype == torch.float64 else 1e-4
+        for a, b in zip((y,) + mine, (r,) + ref):
+            torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("isa", ["avx2", "default"])
+def test_grouped_other_isa_variants(isa):
+    """The AVX2 and baseline variants, forced on this machine with CONVOPS_GROUPED_ISA (the
+    kernel picks its variant once per process, hence the subprocess)."""
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, CONVOPS_GROUPED_ISA=isa)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    done = subprocess.run([sys.executable, "-c", _OTHER_ISA_SCRIPT], env=env, cwd=root,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().endswith("ok")

@@ -27,6 +27,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -138,7 +139,15 @@ struct BandLayout {
 
 // ~24 KiB per band of packed X plus the band buffer of `buffer_channels` channels: it stays in
 // L1 while every output channel of the group reads it kh*kw times.
-constexpr int64_t kBandBytes = 24 << 10;
+int64_t band_bytes() {
+  static const int64_t bytes = [] {
+    const char* env = std::getenv("CONVOPS_GROUPED_BAND_KB");
+    return (env ? std::atoll(env) : 24) << 10;
+  }();
+  return bytes;
+}
+
+int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
 template <typename T>
 BandLayout band_layout(const Correlation<T>& p, int64_t lanes, int64_t buffer_channels) {
@@ -157,51 +166,16 @@ BandLayout band_layout(const Correlation<T>& p, int64_t lanes, int64_t buffer_ch
   b.row_stride = p.stride_w * b.phase_len;
   const int64_t per_out_row = (p.channels * p.stride_h * b.row_stride + buffer_channels * b.pitch) *
                               int64_t(sizeof(T));
-  const int64_t rows = std::clamp<int64_t>(kBandBytes / std::max<int64_t>(1, per_out_row), 1, p.out_h);
+  const int64_t rows = std::clamp<int64_t>(band_bytes() / std::max<int64_t>(1, per_out_row), 1, p.out_h);
   const int64_t bands = (p.out_h + rows - 1) / rows;
   b.rows = (p.out_h + bands - 1) / bands;  // equal bands, no sliver
   b.bands = (p.out_h + b.rows - 1) / b.rows;
   b.rows_in = (b.rows - 1) * p.stride_h + (p.kernel_h - 1) * p.dilation_h + 1;
   // Flat runs read up to a vector (plus the kernel's reach) past the band's last row.
   b.chan_stride = b.rows_in * b.row_stride + (b.flat ? reach_w + lanes : 0);
-  b.plane = b.rows * b.pitch + lanes;
+  // Band buffer planes start on a vector boundary (aligned vector loads and stores).
+  b.plane = round_up(b.rows * b.pitch + lanes, lanes);
   return b;
-}
-
-// Packs X rows [y0, y0 + layout.rows_in) of the group's channels of image n (zeros outside
-// the source, column phases for stride_w > 1).
-template <typename T>
-void pack_band(const Correlation<T>& p, const BandLayout& b, int64_t n, int64_t group,
-               int64_t y0, T* dst) {
-  std::memset(dst, 0, sizeof(T) * p.channels * b.chan_stride);
-  const Source<T>& s = p.src;
-  // Source columns whose upsampled position lands inside the packed row.
-  const int64_t x0 = -p.pad_w;  // X column of packed element (phase 0, j 0)
-  const int64_t x_end = x0 + b.row_stride;
-  const int64_t sx_lo = std::max<int64_t>(0, (x0 + p.up_w - 1 >= 0 ? (x0 + p.up_w - 1) / p.up_w : 0));
-  const int64_t sx_hi = std::min<int64_t>(s.width, x_end <= 0 ? 0 : (x_end - 1) / p.up_w + 1);
-  for (int64_t c = 0; c < p.channels; ++c) {
-    const T* plane = s.data + n * s.stride_n + (group * p.channels + c) * s.stride_c;
-    for (int64_t r = 0; r < b.rows_in; ++r) {
-      const int64_t y = y0 + r;
-      if (y < 0 || y % p.up_h != 0 || y / p.up_h >= s.height) continue;
-      const T* row = plane + (y / p.up_h) * s.stride_h;
-      T* out = dst + c * b.chan_stride + r * b.row_stride;
-      if (p.up_w == 1 && p.stride_w == 1) {
-        T* o = out - x0;  // o[x] is X column x
-        if (s.stride_w == 1) {
-          std::memcpy(o + sx_lo, row + sx_lo, sizeof(T) * std::max<int64_t>(0, sx_hi - sx_lo));
-        } else {
-          for (int64_t sx = sx_lo; sx < sx_hi; ++sx) o[sx] = row[sx * s.stride_w];
-        }
-      } else {
-        for (int64_t sx = sx_lo; sx < sx_hi; ++sx) {
-          const int64_t rel = sx * p.up_w - x0;
-          out[(rel % p.stride_w) * b.phase_len + rel / p.stride_w] = row[sx * s.stride_w];
-        }
-      }
-    }
-  }
 }
 
 // Offset of each (c, ki, kj) reduction step in a packed band, relative to the output row's
@@ -236,23 +210,12 @@ struct ForwardPlan {
   BandLayout band;
   const T* wpack;   // [group][block][reduction][OB]
   const T* bpack;   // [group][block][OB]
-  T* out;           // (N, groups*outputs, out_h, out_w), contiguous
+  T* out;           // (N, groups*outputs, out_h, out_w), any strides (contiguous or
+  int64_t out_stride[4];  // channels_last: the output is written in its final format)
   int64_t ob;       // output block
   const int64_t* offs;
   int64_t x_pack_elems;  // per thread scratch: X pack, then the band buffer (ob planes)
 };
-
-// Copies the band buffer of `valid` channels into the output rows [oh0, oh0 + rows).
-template <typename T>
-void store_band(const BandLayout& b, const T* buf, int64_t valid, T* out, int64_t out_area,
-                int64_t out_w, int64_t oh0, int64_t rows) {
-  for (int64_t o = 0; o < valid; ++o) {
-    for (int64_t r = 0; r < rows; ++r) {
-      std::memcpy(out + o * out_area + (oh0 + r) * out_w, buf + o * b.plane + r * b.pitch,
-                  sizeof(T) * out_w);
-    }
-  }
-}
 
 // ----------------------------------------------------------------------------- weight grad
 
@@ -273,28 +236,6 @@ struct WeightGradPlan {
 template <typename T>
 int64_t padded_outputs(const WeightGradPlan<T>& w) {
   return (w.p.outputs + w.ob - 1) / w.ob * w.ob;
-}
-
-// Packs grad_output rows [oh0, oh0 + rows) of the group's channels, zero beyond out_w and for
-// the padding channels of the last block.
-template <typename T>
-void pack_grad_output(const WeightGradPlan<T>& w, int64_t n, int64_t group, int64_t oh0,
-                      int64_t rows, T* dst) {
-  const auto& p = w.p;
-  const int64_t opad = padded_outputs(w);
-  std::memset(dst, 0, sizeof(T) * opad * w.band.plane);
-  for (int64_t o = 0; o < p.outputs; ++o) {
-    const T* plane = w.dy.data + n * w.dy.stride_n + (group * p.outputs + o) * w.dy.stride_c;
-    for (int64_t r = 0; r < rows; ++r) {
-      const T* src = plane + (oh0 + r) * w.dy.stride_h;
-      T* out = dst + o * w.band.plane + r * w.band.pitch;
-      if (w.dy.stride_w == 1) {
-        std::memcpy(out, src, sizeof(T) * p.out_w);
-      } else {
-        for (int64_t ow = 0; ow < p.out_w; ++ow) out[ow] = src[ow * w.dy.stride_w];
-      }
-    }
-  }
 }
 
 // Adds the lanes of the group's vector sums (in lane order) into the share's partial result.
@@ -403,11 +344,17 @@ struct DoubleVec {
 
 enum class IsaLevel { kAvx512, kAvx2, kBaseline };
 
+// CONVOPS_GROUPED_ISA=avx2|default caps the choice, so the other variants can be tested on
+// an AVX-512 machine.
 IsaLevel detect_isa() {
+  const char* cap = std::getenv("CONVOPS_GROUPED_ISA");
+  const bool allow_avx512 = !cap || std::strcmp(cap, "avx512f") == 0;
+  const bool allow_avx2 = allow_avx512 || std::strcmp(cap, "avx2") == 0;
 #ifdef CONVOPS_X86_KERNELS
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f")) return IsaLevel::kAvx512;
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return IsaLevel::kAvx2;
+  if (allow_avx512 && __builtin_cpu_supports("avx512f")) return IsaLevel::kAvx512;
+  if (allow_avx2 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+    return IsaLevel::kAvx2;
 #endif
   return IsaLevel::kBaseline;
 }
@@ -452,9 +399,10 @@ const KernelSet<double>& kernels<double>() {
 
 // ----------------------------------------------------------------------------- drivers
 
+// The X pack, rounded up so that what follows it in the scratch stays vector-aligned.
 template <typename T>
 int64_t x_pack_elems(const Correlation<T>& p, const BandLayout& b) {
-  return p.channels * b.chan_stride;
+  return round_up(p.channels * b.chan_stride, b.lanes);
 }
 
 template <typename T>
@@ -483,7 +431,7 @@ void pack_weights(const Correlation<T>& p, int64_t ob, const WeightAt& weight_at
   }
 }
 
-// out (N, groups*outputs, out_h, out_w) contiguous = the correlation, all groups in one pass.
+// out (N, groups*outputs, out_h, out_w), any strides, = the correlation, all groups in one pass.
 template <typename T, class WeightAt>
 void run_correlation(const Correlation<T>& p, const WeightAt& weight_at, const T* bias,
                      at::Tensor& out) {
@@ -493,9 +441,10 @@ void run_correlation(const Correlation<T>& p, const WeightAt& weight_at, const T
   std::vector<T> wpack, bpack;
   pack_weights(p, ob, weight_at, bias, wpack, bpack);
   const std::vector<int64_t> offs = tap_offsets(p, band);
-  const ForwardPlan<T> f{p, band, wpack.data(), bpack.data(), out.data_ptr<T>(), ob,
+  const ForwardPlan<T> f{p, band, wpack.data(), bpack.data(), out.data_ptr<T>(),
+                         {out.stride(0), out.stride(1), out.stride(2), out.stride(3)}, ob,
                          offs.data(), x_pack_elems(p, band)};
-  const int64_t per_thread = f.x_pack_elems + ob * band.plane;
+  const int64_t per_thread = round_up(f.x_pack_elems + ob * band.plane, band.lanes);
   const ScratchBuffer scratch(at::get_num_threads() * per_thread, out.options());
   const int64_t items = p.batch * p.groups * band.bands;
   at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
@@ -615,7 +564,9 @@ at::Tensor grouped_forward(const at::Tensor& input, const at::Tensor& weight,
   const auto x = input.to(cdt);
   const auto w = weight.to(cdt).contiguous();
   const auto b = optional_bias(bias, cdt);
-  auto out = at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, x.options());
+  const auto format = conv_output_format(input, weight);
+  auto out = at::empty({g.batch, g.out_channels, g.out_h, g.out_w},
+                       x.options().memory_format(format));
   if (out.numel() > 0) {
     AT_DISPATCH_FLOATING_TYPES(cdt, "convops_grouped_forward", [&] {
       const scalar_t* wd = w.data_ptr<scalar_t>();
@@ -628,7 +579,7 @@ at::Tensor grouped_forward(const at::Tensor& input, const at::Tensor& weight,
                       data_or_null<scalar_t>(b), out);
     });
   }
-  return out.to(input.scalar_type()).contiguous(conv_output_format(input, weight));
+  return out.to(input.scalar_type()).contiguous(format);
 }
 
 at::Tensor grouped_input_grad(const at::Tensor& grad_output, const at::Tensor& weight,
@@ -639,7 +590,9 @@ at::Tensor grouped_input_grad(const at::Tensor& grad_output, const at::Tensor& w
   const auto y = grad_output.to(cdt);
   const auto w = weight.to(cdt).contiguous();
   const auto b = optional_bias(bias, cdt);
-  auto images = at::empty({g.batch, g.in_channels, g.in_h, g.in_w}, y.options());
+  const auto format = conv_output_format(grad_output, weight);
+  auto images = at::empty({g.batch, g.in_channels, g.in_h, g.in_w},
+                          y.options().memory_format(format));
   if (images.numel() > 0) {
     AT_DISPATCH_FLOATING_TYPES(cdt, "convops_grouped_input_grad", [&] {
       const scalar_t* wd = w.data_ptr<scalar_t>();
@@ -655,7 +608,7 @@ at::Tensor grouped_input_grad(const at::Tensor& grad_output, const at::Tensor& w
                       data_or_null<scalar_t>(b), images);
     });
   }
-  return images.to(grad_output.scalar_type()).contiguous(conv_output_format(grad_output, weight));
+  return images.to(grad_output.scalar_type()).contiguous(format);
 }
 
 at::Tensor grouped_weight_grad(const at::Tensor& grad_output, const at::Tensor& input,
