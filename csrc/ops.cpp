@@ -7,6 +7,7 @@
 
 #include "common/build_info.h"
 #include "common/conv_gemm.h"
+#include "cpu/direct_kernels.h"
 
 namespace convops {
 
@@ -57,6 +58,8 @@ TORCH_LIBRARY(convops, m) {
       "depthwise_separable_conv2d(Tensor input, Tensor depthwise_weight, Tensor pointwise_weight, "
       "Tensor? depthwise_bias, Tensor? pointwise_bias, int[2] stride, int[2] padding, "
       "int[2] dilation) -> Tensor");
+  // Calls claimed by the grouped kernel (csrc/cpu/grouped_conv2d.cpp) since the last reset.
+  m.def("_grouped_kernel_calls(bool reset=False) -> int", &cpu::grouped_kernel_calls_count);
 
   // [separable] (csrc/cpu/separable.cpp)
   // conv2d(conv2d(input, weight_v (Cmid, Cin/g, kh, 1)), weight_h (Cout, Cmid/g, 1, kw)) + bias:

@@ -107,6 +107,19 @@ def _depthwise(batch=8):
                               channels_last=channels_last))
     return cases
 
+
+def _grouped(batch=8):
+    """ResNeXt-50 32x4d 3x3 layers: 4 and 8 channels per group, where oneDNN is weakest."""
+    def c(name, ch, hw, groups=32, **kw):
+        return Case("grouped", name, "conv2d", (batch, ch, hw, hw), (ch, ch // groups, 3, 3),
+                    dict(padding=1, groups=groups, **kw))
+    return [
+        c("resnext 3x3 128->128 g32 @56", 128, 56),
+        c("resnext 3x3 256->256 g32 @28", 256, 28),
+        c("resnext 3x3 s2 256->256 g32 @56", 256, 56, stride=2),
+    ]
+
+
 # [separable] suites
 
 def _torch_spatially_separable(x, weight_v, weight_h, bias=None, stride=1, padding=0, dilation=1, groups=1):
@@ -178,7 +191,7 @@ def _two_torch_calls(x, dw, pw, db=None, pb=None, stride=1, padding=0, dilation=
 
 SUITES = {"dense": _dense, "transposed": _transposed}
 # [depthwise / grouped] SUITES.update(...)
-SUITES.update(depthwise=_depthwise)
+SUITES.update(depthwise=_depthwise, grouped=_grouped)
 # [separable] SUITES.update(...)
 SUITES["separable"] = lambda batch=8: _separable(batch) + _separable_spatial(batch)
 # [deformable] SUITES.update(...)
