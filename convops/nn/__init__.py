@@ -4,3 +4,6 @@ from .conv import Conv1d, Conv2d, ConvTranspose1d, ConvTranspose2d
 __all__ = ["Conv1d", "Conv2d", "ConvTranspose1d", "ConvTranspose2d"]
 # [separable] modules
 # [deformable] modules
+from .deform import DeformConv2d, DeformConv2dPack, ModulatedDeformConv2dPack  # noqa: E402
+
+__all__ += ["DeformConv2d", "DeformConv2dPack", "ModulatedDeformConv2dPack"]

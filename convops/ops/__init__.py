@@ -6,5 +6,8 @@ from .conv import Conv2dFunction, ConvTranspose2dFunction, build_info
 # [depthwise / grouped]
 # [separable]
 # [deformable]
+from . import deform  # noqa: F401
+from .deform import DeformConv2dFunction
 
 __all__ = ["Conv2dFunction", "ConvTranspose2dFunction", "build_info"]
+__all__ += ["DeformConv2dFunction"]  # [deformable]
