@@ -56,9 +56,12 @@ def _make_inputs(case: Case, device, dtype, requires_grad):
         if init == "none":
             made.append(None)
             continue
-        t = torch.rand(shape, generator=g) if init == "uniform" else torch.randn(shape, generator=g)
-        if init == "weight":
+        kind, _, scale = init.partition("*")  # "randn*0.5": a scaled init
+        t = torch.rand(shape, generator=g) if kind == "uniform" else torch.randn(shape, generator=g)
+        if kind == "weight":
             t = t * 0.05
+        if scale:
+            t = t * float(scale)
         made.append(t.to(device, dtype).requires_grad_(requires_grad))
     return made
 
@@ -99,21 +102,43 @@ def _parity(case, ours, ref, tensors, backward) -> float:
     return worst
 
 
-def measure(case: Case, backward: bool, rounds: int, min_run_time: float, device="cpu", dtype=torch.float32):
-    ours_fn, ref_name, ref_fn = OPS[case.op]
+def peak_alloc_bytes(fn) -> int:
+    """Peak of the bytes allocated and live at once during one call of fn (its outputs and
+    gradients included), from the profiler's allocation events; comparable across ops."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                    if e.name() == "[memory]")
+    live = peak = 0
+    for _, n in events:
+        live += n
+        peak = max(peak, live)
+    return peak
+
+
+def measure(case: Case, backward: bool, rounds: int, min_run_time: float, device="cpu", dtype=torch.float32,
+            memory=False):
+    ours_fn, ref_name, ref_fn, *extra = OPS[case.op]
+    # optional 4th item: {label: fn} further references (e.g. the dense conv of the same shape),
+    # timed in the same rounds and reported as ratio_vs_<label>
+    extra = extra[0] if extra else {}
     tensors = _make_inputs(case, device, dtype, backward)
     ours = _callable(ours_fn, case, tensors, backward)
     ref = _callable(ref_fn, case, tensors, backward)
+    others = {label: _callable(fn, case, tensors, backward) for label, fn in extra.items()}
     ours(), ref()  # warm-up (allocator, oneDNN primitive cache)
     torch.ops.convops._workspace_peak_bytes(True)
     ours()
     workspace = torch.ops.convops._workspace_peak_bytes(True)
-    times = {"ours": [], "ref": []}
+    for fn in others.values():
+        fn()
+    times = {"ours": [], "ref": [], **{label: [] for label in others}}
     for i in range(rounds):
         # Alternate which goes first, and pair each round's two medians: the VM's speed drifts
         # over seconds, so only measurements taken back to back are compared.
         order = (("ours", ours), ("ref", ref)) if i % 2 == 0 else (("ref", ref), ("ours", ours))
-        for key, fn in order:
+        for key, fn in order + tuple(others.items()):
             t = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
             times[key].append(t.blocked_autorange(min_run_time=min_run_time).median * 1e3)
     ratio = statistics.median(o / r for o, r in zip(times["ours"], times["ref"]))
@@ -128,21 +153,27 @@ def measure(case: Case, backward: bool, rounds: int, min_run_time: float, device
         "workspace_peak_mb": round(workspace / 2**20, 2),
         "rounds": rounds,
     }
+    for label in others:
+        row[f"ratio_vs_{label}"] = round(statistics.median(o / r for o, r in zip(times["ours"], times[label])), 3)
+    if memory:
+        row["peak_mb"] = round(peak_alloc_bytes(ours) / 2**20, 2)
+        row["reference_peak_mb"] = round(peak_alloc_bytes(ref) / 2**20, 2)
     if case.bytes_moved and not backward:
         row["convops_gbps"] = round(case.bytes_moved / (ours_ms * 1e-3) / 1e9, 1)
     return row
 
 
-def run_suites(names, quick=False, passes=("fwd", "fwd+bwd"), log=print):
+def run_suites(names, quick=False, passes=("fwd", "fwd+bwd"), log=print, memory=False):
     rounds, min_time = (3, 0.05) if quick else (11, 0.1)
     rows = []
     for name in names:
         for case in SUITES[name]():
             for p in passes:
-                row = measure(case, p == "fwd+bwd", rounds, min_time)
+                row = measure(case, p == "fwd+bwd", rounds, min_time, memory=memory)
                 rows.append(row)
                 log(f"  {row['suite']:<10} {row['case']:<34} {row['pass']:<8} convops {row['convops_ms']:9.3f} ms"
-                    f"  ref {row['reference_ms']:9.3f} ms  ratio {row['ratio']:5.2f}  err {row['max_rel_err']:.1e}")
+                    f"  ref {row['reference_ms']:9.3f} ms  ratio {row['ratio']:5.2f}  err {row['max_rel_err']:.1e}"
+                    + "".join(f"  {k} {v}" for k, v in row.items() if k.startswith("ratio_vs_") or k.endswith("peak_mb")))
     return rows
 
 
@@ -155,11 +186,18 @@ def markdown(rows, info) -> str:
              "| suite | case | pass | convops ms | reference ms | ratio | max rel err | workspace MiB |"
              + (" convops GB/s |" if any("convops_gbps" in r for r in rows) else ""),
              "|---|---|---|---:|---:|---:|---:|---:|" + ("---:|" if any("convops_gbps" in r for r in rows) else "")]
+    # optional columns: ratios to further references, measured peak memory (--memory)
+    extra = [k for k in dict.fromkeys(k for r in rows for k in r)
+             if k.startswith("ratio_vs_") or k in ("peak_mb", "reference_peak_mb")]
+    if extra:
+        lines[-2] += "".join(f" {k.replace('_', ' ')} |" for k in extra)
+        lines[-1] += "---:|" * len(extra)
     for r in rows:
         gbps = (f" {r['convops_gbps']:.1f} |" if "convops_gbps" in r else " |") \
             if any("convops_gbps" in x for x in rows) else ""
         lines.append(f"| {r['suite']} | {r['case']} | {r['pass']} | {r['convops_ms']:.2f} | {r['reference_ms']:.2f} | "
-                     f"{r['ratio']:.2f} | {r['max_rel_err']:.1e} | {r['workspace_peak_mb']:.1f} |" + gbps)
+                     f"{r['ratio']:.2f} | {r['max_rel_err']:.1e} | {r['workspace_peak_mb']:.1f} |" + gbps
+                     + "".join(f" {r[k]} |" if k in r else " |" for k in extra))
     return "\n".join(lines)
 
 
@@ -170,6 +208,8 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="fewer, shorter rounds")
     parser.add_argument("--pass", dest="passes", action="append", choices=["fwd", "fwd+bwd"])
     parser.add_argument("--threads", type=int, help="torch.set_num_threads before running")
+    parser.add_argument("--memory", action="store_true",
+                        help="also measure the peak allocated MiB of one call of each (torch profiler)")
     parser.add_argument("--json", help="write the rows and machine info to this path")
     parser.add_argument("--markdown", help="write the Markdown table to this path")
     args = parser.parse_args(argv)
@@ -180,7 +220,7 @@ def main(argv=None):
     info = machine_info()
     print(f"convops bench: {info['cpu']}, {info['threads']} threads, torch {info['torch']}")
     start = time.time()
-    rows = run_suites(names, quick=args.quick, passes=tuple(args.passes or ("fwd", "fwd+bwd")))
+    rows = run_suites(names, quick=args.quick, passes=tuple(args.passes or ("fwd", "fwd+bwd")), memory=args.memory)
     table = markdown(rows, info)
     print("\n" + table)
     print(f"\n({time.time() - start:.0f} s)")

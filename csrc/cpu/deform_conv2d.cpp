@@ -1,28 +1,34 @@
 // CPU kernels of deformable convolution (v1 and v2), torchvision.ops.deform_conv2d's semantics
 // (see common/deform_params.h).
 //
-// Schedule. The work is split into (image, band of output rows). For a band, the sampling
-// point of every (offset group, tap, position) is computed once into a small table: the index
-// of its top-left corner in a zero-bordered copy of the image plane and its fractional parts
-// (ly, lx). The one-pixel zero border makes every corner of a point inside (-1, H) x (-1, W)
-// addressable and reads 0 exactly where torchvision's boundary rule gives 0, so the hot loops
-// have no branches; points outside that region point at the border's corner with ly = lx = 0
-// and so read, and differentiate to, 0. The same table then drives
-//   forward:  the sampled columns (C*kh*kw, P) of the band (times the mask) and one GEMM per
-//             weight group into the output;
-//   backward: the column gradient W^T x grad_out, from which one pass over the corners gives
-//             grad-input (scattered into a bordered per-thread image), grad-offset (the
-//             bilinear derivatives), grad-mask (the unmasked sample), while grad-weight and
-//             grad-bias accumulate grad_out x columns^T.
-// Workspace is per thread and bounded by the band (kBandBytes) and one bordered image.
+// Layout. Each image is copied once, channels innermost, into a buffer with a one-pixel zero
+// border: (H+2, W+2, C). Every corner of a sampling point inside (-1, H) x (-1, W) is then
+// addressable and reads 0 exactly where torchvision's boundary rule gives 0 (points outside
+// that region read 0 and are skipped), and the four corners of a point are four contiguous
+// channel vectors. The sampled columns of a band of P output positions are stored transposed,
+// (P, kh*kw*C) ordered [weight group][tap][channel], so that bilinear sampling is a
+// weighted sum of four contiguous vectors (no gathers), and the weight is permuted to match,
+// (O, [tap][channel]) per group. Sampling coordinates and bilinear weights are computed once
+// per (position, tap, offset group) and applied to all the channels of the offset group.
 //
-// Determinism. Forward: every output element is computed once, by single-threaded GEMMs
-// whose shapes do not depend on the thread count. Backward: a fixed number of "shares" of
-// images (from the batch and the weight size only, never from the thread count), each
-// processed in order by one thread with its own grad-weight/bias partial sums, which are
-// added in share order; grad-input of an image and grad-offset/mask of a position are only
-// ever written by the share that owns the image, channels in order. So results are bitwise
-// identical run to run and for any number of threads.
+// Schedule. Work items are (image, band of output rows); a band's columns (and in backward its
+// column gradient) stay within kBandBytes, so they are in L2 between the sampling and the
+// single-threaded GEMMs that use them:
+//   forward:  columns, then out_band = W x columns^T per weight group;
+//   backward: columns (for grad-weight), column gradient = grad_out^T x W, then one pass over
+//             the corners gives grad-input (into the bordered per-thread image), grad-offset
+//             (the bilinear derivatives) and grad-mask (the unmasked sample); grad-weight and
+//             grad-bias accumulate grad_out x columns.
+// Workspace is per thread: one bordered image and a band's columns.
+//
+// Determinism. Forward: each output element is computed once by a single-threaded GEMM whose
+// shape does not depend on the thread count. Backward: a fixed number of "shares" of images
+// (from the batch and the weight size only, never from the thread count), each processed in
+// order by one thread with its own grad-weight/bias partial sums, added in share order at the
+// end; grad-input of an image and grad-offset/mask of a position are written only by the share
+// owning the image, in a fixed order; sums over channels use kLanes fixed lanes, so the
+// vector width of the selected ISA does not change them either. Results are bitwise identical
+// run to run and for any number of threads.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -39,163 +45,193 @@ namespace {
 
 using cpu::parallel_gemm_for;
 
-// Per-thread bytes of a band's columns (and, in backward, its column gradient): the columns
-// stay in L2 between the sampling that writes them and the GEMM that reads them.
-constexpr int64_t kBandBytes = int64_t(1) << 20;
+// Per-thread bytes of a band's columns (and, in backward, its column gradient).
+constexpr int64_t kBandBytes = int64_t(3) << 19;  // 1.5 MiB
 // Backward partial sums of grad-weight across shares are bounded by this many bytes.
 constexpr int64_t kPartialBudgetBytes = int64_t(64) << 20;
 constexpr int64_t kMaxShares = 64;
+// Independent partial sums of a channel reduction (vectorised; fixed, so ISA-independent).
+constexpr int kLanes = 16;
 
-// The sampling table of one band: for entry e = (offset group, tap) and band position p,
-// at [e * P + p]: corner index in the bordered plane, and the fractional parts.
+// A sampling point: its top-left corner's pixel in the bordered image and the bilinear
+// fractions; `inside` is false where torchvision's rule makes it read 0.
 template <typename T>
-struct SampleTable {
-  int32_t* corner;
-  T* ly;
-  T* lx;
+struct SamplePoint {
+  int64_t corner;
+  T ly, lx;
+  bool inside;
 };
-
-struct BandGeometry {
-  int64_t oh0, rows, positions;  // output rows [oh0, oh0 + rows), rows * out_w positions
-};
-
-// Width and height of a bordered plane.
-struct Bordered {
-  int64_t h, w;
-  int64_t area() const { return h * w; }
-};
-
-inline Bordered bordered(const Conv2dGeometry& g) { return {g.in_h + 2, g.in_w + 2}; }
 
 template <typename T>
-CONVOPS_INLINE void build_table_impl(const DeformGeometry& d, const T* offset_n, BandGeometry b,
-                                     SampleTable<T> tab) {
+CONVOPS_INLINE SamplePoint<T> sample_point(const Conv2dGeometry& g, int64_t bordered_w, T y, T x) {
+  if (!(y > T(-1) && y < T(g.in_h) && x > T(-1) && x < T(g.in_w))) return {0, T(0), T(0), false};
+  const T fy = std::floor(y), fx = std::floor(x);
+  // +1: the border (fy, fx >= -1 here)
+  return {(int64_t(fy) + 1) * bordered_w + int64_t(fx) + 1, y - fy, x - fx, true};
+}
+
+// What a band needs to know about where it is.
+template <typename T>
+struct BandArgs {
+  const DeformGeometry* d;
+  const T* image;     // bordered (H+2, W+2, C)
+  const T* offset;    // offset of this image (2*G*K, Ho, Wo)
+  const T* mask;      // mask of this image (G*K, Ho, Wo), or null
+  int64_t oh0, rows;  // output rows [oh0, oh0 + rows)
+};
+
+// Calls fn(p, tap, og, point, mask value, position index in the plane) for every sampling point of
+// the band, then fn_segments handles the channels; here just the enumeration.
+template <typename T, class Fn>
+CONVOPS_INLINE void for_each_point(const BandArgs<T>& a, Fn&& fn) {
+  const auto& d = *a.d;
   const auto& g = d.conv;
-  const Bordered bp = bordered(g);
-  const int64_t taps = g.kernel_area(), out_area = g.out_area(), P = b.positions;
-  const T H = T(g.in_h), W = T(g.in_w);
-  for (int64_t e = 0; e < d.offset_groups * taps; ++e) {
-    const int64_t tap = e % taps, ki = tap / g.kernel_w, kj = tap % g.kernel_w;
-    const T* off_y = offset_n + (2 * e) * out_area + b.oh0 * g.out_w;
-    const T* off_x = off_y + out_area;
-    int32_t* corner = tab.corner + e * P;
-    T* ly = tab.ly + e * P;
-    T* lx = tab.lx + e * P;
-    for (int64_t r = 0; r < b.rows; ++r) {
-      const T base_y = T((b.oh0 + r) * g.stride_h - g.pad_h + ki * g.dilation_h);
-      for (int64_t ow = 0; ow < g.out_w; ++ow) {
-        const int64_t p = r * g.out_w + ow;
-        const T y = base_y + off_y[p];
-        const T x = T(ow * g.stride_w - g.pad_w + kj * g.dilation_w) + off_x[p];
-        if (!(y > T(-1) && y < H && x > T(-1) && x < W)) {  // also catches NaN
-          corner[p] = 0;
-          ly[p] = T(0);
-          lx[p] = T(0);
-          continue;
+  const int64_t taps = g.kernel_area(), area = g.out_area(), bw = g.in_w + 2;
+  for (int64_t r = 0; r < a.rows; ++r) {
+    const int64_t oh = a.oh0 + r;
+    for (int64_t ow = 0; ow < g.out_w; ++ow) {
+      const int64_t p = r * g.out_w + ow, pos = oh * g.out_w + ow;
+      for (int64_t tap = 0; tap < taps; ++tap) {
+        const int64_t ki = tap / g.kernel_w, kj = tap % g.kernel_w;
+        const T base_y = T(oh * g.stride_h - g.pad_h + ki * g.dilation_h);
+        const T base_x = T(ow * g.stride_w - g.pad_w + kj * g.dilation_w);
+        for (int64_t og = 0; og < d.offset_groups; ++og) {
+          const int64_t e = og * taps + tap;
+          const T y = base_y + a.offset[(2 * e) * area + pos];
+          const T x = base_x + a.offset[(2 * e + 1) * area + pos];
+          const T m = a.mask ? a.mask[e * area + pos] : T(1);
+          fn(p, tap, og, e, pos, sample_point(g, bw, y, x), m);
         }
-        const T fy = std::floor(y), fx = std::floor(x);
-        // +1: the border; fy >= -1 and fx >= -1 here.
-        corner[p] = static_cast<int32_t>((int64_t(fy) + 1) * bp.w + int64_t(fx) + 1);
-        ly[p] = y - fy;
-        lx[p] = x - fx;
       }
     }
   }
 }
 
-// Columns of the channels [c0, c1) of one entry: col[p] = mask[p] * bilinear(plane, p).
-template <typename T>
-CONVOPS_INLINE void sample_impl(const T* planes, int64_t plane_stride, int64_t row_stride,
-                                const int32_t* corner, const T* ly, const T* lx, const T* mask,
-                                T* cols, int64_t col_stride, int64_t channels, int64_t P) {
-  for (int64_t c = 0; c < channels; ++c) {
-    const T* s = planes + c * plane_stride;
-    T* col = cols + c * col_stride;
-    for (int64_t p = 0; p < P; ++p) {
-      const T* q = s + corner[p];
-      const T v00 = q[0], v01 = q[1], v10 = q[row_stride], v11 = q[row_stride + 1];
-      const T top = v00 + lx[p] * (v01 - v00);
-      const T bot = v10 + lx[p] * (v11 - v10);
-      col[p] = top + ly[p] * (bot - top);
-    }
-    if (mask) {
-      for (int64_t p = 0; p < P; ++p) col[p] *= mask[p];
-    }
+// Channel segments [c0, c1) of offset group og, split at weight-group boundaries, with the
+// offset of each segment's first channel in a column row ([group][tap][channel]).
+template <class Fn>
+CONVOPS_INLINE void for_each_segment(const DeformGeometry& d, int64_t og, int64_t tap, Fn&& fn) {
+  const auto& g = d.conv;
+  const int64_t cpg = g.in_per_group(), cog = d.channels_per_offset_group(), taps = g.kernel_area();
+  for (int64_t c = og * cog; c < (og + 1) * cog;) {
+    const int64_t grp = c / cpg;
+    const int64_t end = std::min((og + 1) * cog, (grp + 1) * cpg);
+    fn(c, end, grp * taps * cpg + tap * cpg + (c - grp * cpg));
+    c = end;
   }
 }
 
-// The backward of sample_impl for the channels of one entry: from the column gradient dcol,
-// accumulates grad_y/grad_x (offset), grad_m (mask) over the channels in order, and scatters
-// into the bordered grad-input planes.
 template <typename T>
-CONVOPS_INLINE void sample_backward_impl(const T* planes, T* grad_planes, int64_t plane_stride,
-                                         int64_t row_stride, const int32_t* corner, const T* ly,
-                                         const T* lx, const T* mask, const T* dcols,
-                                         int64_t col_stride, int64_t channels, int64_t P,
-                                         T* grad_y, T* grad_x, T* grad_m, T* scaled) {
-  for (int64_t c = 0; c < channels; ++c) {
-    const T* s = planes + c * plane_stride;
-    const T* dcol = dcols + c * col_stride;
-    if (mask) {
-      for (int64_t p = 0; p < P; ++p) scaled[p] = dcol[p] * mask[p];
-    } else {
-      std::copy(dcol, dcol + P, scaled);
-    }
-    for (int64_t p = 0; p < P; ++p) {
-      const T* q = s + corner[p];
-      const T v00 = q[0], v01 = q[1], v10 = q[row_stride], v11 = q[row_stride + 1];
-      const T a = ly[p], l = lx[p];
-      const T top = v00 + l * (v01 - v00);
-      const T bot = v10 + l * (v11 - v10);
-      grad_y[p] += scaled[p] * (bot - top);
-      grad_x[p] += scaled[p] * ((T(1) - a) * (v01 - v00) + a * (v11 - v10));
-      if (grad_m) grad_m[p] += dcol[p] * (top + a * (bot - top));
-    }
-    T* gs = grad_planes + c * plane_stride;
-    for (int64_t p = 0; p < P; ++p) {
-      T* q = gs + corner[p];
-      const T a = ly[p], l = lx[p], v = scaled[p];
-      const T top = (T(1) - a) * v, bot = a * v;
-      q[0] += top - l * top;
-      q[1] += l * top;
-      q[row_stride] += bot - l * bot;
-      q[row_stride + 1] += l * bot;
-    }
+CONVOPS_INLINE void bilinear_channels(T* __restrict__ dst, const T* __restrict__ v00,
+                                      const T* __restrict__ v01, const T* __restrict__ v10,
+                                      const T* __restrict__ v11, int64_t n, T w00, T w01, T w10,
+                                      T w11) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = w00 * v00[i] + w01 * v01[i] + w10 * v10[i] + w11 * v11[i];
+}
+
+// The band's columns (P, K*C), masked.
+template <typename T>
+CONVOPS_INLINE void fill_columns_impl(const BandArgs<T>& a, T* cols) {
+  const auto& g = a.d->conv;
+  const int64_t C = g.in_channels, row = g.kernel_area() * C, bw = g.in_w + 2;
+  for_each_point(a, [&](int64_t p, int64_t tap, int64_t og, int64_t, int64_t, SamplePoint<T> pt, T m) {
+    T* dst_row = cols + p * row;
+    const T hy = T(1) - pt.ly, hx = T(1) - pt.lx;
+    const T w00 = hy * hx * m, w01 = hy * pt.lx * m, w10 = pt.ly * hx * m, w11 = pt.ly * pt.lx * m;
+    const T* q = a.image + pt.corner * C;
+    for_each_segment(*a.d, og, tap, [&](int64_t c0, int64_t c1, int64_t col) {
+      if (!pt.inside) {
+        std::fill(dst_row + col, dst_row + col + (c1 - c0), T(0));
+        return;
+      }
+      bilinear_channels(dst_row + col, q + c0, q + C + c0, q + bw * C + c0, q + (bw + 1) * C + c0,
+                        c1 - c0, w00, w01, w10, w11);
+    });
+  });
+}
+
+// Sums over channels in kLanes lanes; the lanes are added in order at the end.
+template <typename T>
+struct LaneSums {
+  T y[kLanes], x[kLanes], m[kLanes];
+  void clear() {
+    std::fill(y, y + kLanes, T(0));
+    std::fill(x, x + kLanes, T(0));
+    std::fill(m, m + kLanes, T(0));
   }
+  static T total(const T* v) {
+    T s = T(0);
+    for (int l = 0; l < kLanes; ++l) s += v[l];
+    return s;
+  }
+};
+
+// One channel segment of the backward: derivatives of the sample in y and x (times the masked
+// column gradient), the unmasked sample (times the column gradient), and the scatter of the
+// masked column gradient into the four corners of the grad image.
+template <typename T>
+CONVOPS_INLINE void corner_backward(const T* __restrict__ dcol, const T* __restrict__ v00,
+                                    const T* __restrict__ v01, const T* __restrict__ v10,
+                                    const T* __restrict__ v11, T* __restrict__ g00,
+                                    T* __restrict__ g01, T* __restrict__ g10, T* __restrict__ g11,
+                                    int64_t n, T ly, T lx, T m, bool want_mask, LaneSums<T>& acc) {
+  const T hy = T(1) - ly, hx = T(1) - lx;
+  const T w00 = hy * hx * m, w01 = hy * lx * m, w10 = ly * hx * m, w11 = ly * lx * m;
+  int64_t i = 0;
+  auto step = [&](int64_t i, int l) {
+    const T d = dcol[i];
+    const T a = v00[i], b = v01[i], c = v10[i], e = v11[i];
+    const T top = a + lx * (b - a), bot = c + lx * (e - c);
+    acc.y[l] += d * (bot - top);
+    acc.x[l] += d * (hy * (b - a) + ly * (e - c));
+    if (want_mask) acc.m[l] += d * (top + ly * (bot - top));
+    g00[i] += w00 * d;
+    g01[i] += w01 * d;
+    g10[i] += w10 * d;
+    g11[i] += w11 * d;
+  };
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int l = 0; l < kLanes; ++l) step(i + l, l);
+  }
+  for (int l = 0; i < n; ++i, ++l) step(i, l);
+}
+
+// grad-offset / grad-mask / grad-input of a band from its column gradient (P, K*C).
+template <typename T>
+CONVOPS_INLINE void band_backward_impl(const BandArgs<T>& a, const T* dcols, T* grad_image,
+                                       T* grad_offset, T* grad_mask) {
+  const auto& g = a.d->conv;
+  const int64_t C = g.in_channels, row = g.kernel_area() * C, bw = g.in_w + 2, area = g.out_area();
+  LaneSums<T> acc;
+  for_each_point(a, [&](int64_t p, int64_t tap, int64_t og, int64_t e, int64_t pos, SamplePoint<T> pt, T m) {
+    if (!pt.inside) return;  // reads 0 and has zero derivatives: the gradients stay 0
+    acc.clear();
+    const T* q = a.image + pt.corner * C;
+    T* gq = grad_image + pt.corner * C;
+    for_each_segment(*a.d, og, tap, [&](int64_t c0, int64_t c1, int64_t col) {
+      corner_backward(dcols + p * row + col, q + c0, q + C + c0, q + bw * C + c0,
+                      q + (bw + 1) * C + c0, gq + c0, gq + C + c0, gq + bw * C + c0,
+                      gq + (bw + 1) * C + c0, c1 - c0, pt.ly, pt.lx, m, grad_mask != nullptr, acc);
+    });
+    // d/dy and d/dx of m * sample: the lanes carry the unmasked column gradient
+    grad_offset[(2 * e) * area + pos] = m * LaneSums<T>::total(acc.y);
+    grad_offset[(2 * e + 1) * area + pos] = m * LaneSums<T>::total(acc.x);
+    if (grad_mask) grad_mask[e * area + pos] = LaneSums<T>::total(acc.m);
+  });
 }
 
 // One non-template, ISA-cloned entry point per dtype and loop.
-#define CONVOPS_DEFORM_CLONES(T, SUFFIX)                                                          \
-  CONVOPS_ISA_CLONES void build_table_##SUFFIX(const DeformGeometry& d, const T* offset_n,       \
-                                               BandGeometry b, SampleTable<T> tab) {              \
-    build_table_impl(d, offset_n, b, tab);                                                        \
-  }                                                                                               \
-  CONVOPS_ISA_CLONES void sample_##SUFFIX(const T* planes, int64_t ps, int64_t rs,               \
-                                          const int32_t* corner, const T* ly, const T* lx,        \
-                                          const T* mask, T* cols, int64_t cs, int64_t ch,         \
-                                          int64_t P) {                                            \
-    sample_impl(planes, ps, rs, corner, ly, lx, mask, cols, cs, ch, P);                           \
-  }                                                                                               \
-  CONVOPS_ISA_CLONES void sample_backward_##SUFFIX(                                              \
-      const T* planes, T* gplanes, int64_t ps, int64_t rs, const int32_t* corner, const T* ly,    \
-      const T* lx, const T* mask, const T* dcols, int64_t cs, int64_t ch, int64_t P, T* gy,       \
-      T* gx, T* gm, T* scaled) {                                                                  \
-    sample_backward_impl(planes, gplanes, ps, rs, corner, ly, lx, mask, dcols, cs, ch, P, gy, gx, \
-                         gm, scaled);                                                             \
-  }                                                                                               \
-  void build_table(const DeformGeometry& d, const T* o, BandGeometry b, SampleTable<T> t) {       \
-    build_table_##SUFFIX(d, o, b, t);                                                             \
-  }                                                                                               \
-  void sample(const T* planes, int64_t ps, int64_t rs, const int32_t* corner, const T* ly,       \
-              const T* lx, const T* mask, T* cols, int64_t cs, int64_t ch, int64_t P) {           \
-    sample_##SUFFIX(planes, ps, rs, corner, ly, lx, mask, cols, cs, ch, P);                       \
-  }                                                                                               \
-  void sample_backward(const T* planes, T* gplanes, int64_t ps, int64_t rs,                       \
-                       const int32_t* corner, const T* ly, const T* lx, const T* mask,            \
-                       const T* dcols, int64_t cs, int64_t ch, int64_t P, T* gy, T* gx, T* gm,    \
-                       T* scaled) {                                                               \
-    sample_backward_##SUFFIX(planes, gplanes, ps, rs, corner, ly, lx, mask, dcols, cs, ch, P, gy, \
-                             gx, gm, scaled);                                                     \
+#define CONVOPS_DEFORM_CLONES(T, SUFFIX)                                                       \
+  CONVOPS_ISA_CLONES void fill_columns_##SUFFIX(const BandArgs<T>& a, T* cols) {               \
+    fill_columns_impl(a, cols);                                                                \
+  }                                                                                            \
+  CONVOPS_ISA_CLONES void band_backward_##SUFFIX(const BandArgs<T>& a, const T* dcols, T* gi, \
+                                                 T* go, T* gm) {                               \
+    band_backward_impl(a, dcols, gi, go, gm);                                                  \
+  }                                                                                            \
+  void fill_columns(const BandArgs<T>& a, T* cols) { fill_columns_##SUFFIX(a, cols); }         \
+  void band_backward(const BandArgs<T>& a, const T* dcols, T* gi, T* go, T* gm) {              \
+    band_backward_##SUFFIX(a, dcols, gi, go, gm);                                              \
   }
 
 CONVOPS_DEFORM_CLONES(float, f32)
@@ -207,82 +243,18 @@ int64_t band_rows(const DeformGeometry& d, int64_t elem_size, bool backward) {
   const auto& g = d.conv;
   const int64_t per_position =
       std::max<int64_t>(1, g.in_channels * g.kernel_area() * elem_size * (backward ? 2 : 1));
-  const int64_t rows =
-      std::clamp<int64_t>(kBandBytes / (per_position * g.out_w), 1, g.out_h);
+  const int64_t rows = std::clamp<int64_t>(kBandBytes / (per_position * g.out_w), 1, g.out_h);
   const int64_t bands = (g.out_h + rows - 1) / rows;
   return (g.out_h + bands - 1) / bands;  // as even as possible
 }
 
-// A thread's scratch: a bordered image, its band columns and the band's sampling table.
-template <typename T>
-struct BandScratch {
-  ScratchBuffer image, columns, table_index, table_frac;
-  BandScratch(const DeformGeometry& d, int64_t max_positions, int64_t column_sets,
-              int64_t extra_rows, const at::TensorOptions& opt)
-      : image(d.conv.in_channels * bordered(d.conv).area(), opt),
-        columns(column_sets * d.conv.in_channels * d.conv.kernel_area() * max_positions +
-                    extra_rows * max_positions,
-                opt),
-        table_index(d.offset_groups * d.conv.kernel_area() * max_positions, opt.dtype(at::kInt)),
-        table_frac(2 * d.offset_groups * d.conv.kernel_area() * max_positions, opt) {
-    // The border stays zero; only the interior is rewritten per image.
-    image.tensor().zero_();
-  }
-  T* image_ptr() const { return image.tensor().template data_ptr<T>(); }
-  T* columns_ptr() const { return columns.tensor().template data_ptr<T>(); }
-  // Entries are P apart; ly and lx each hold up to the whole index buffer's count.
-  SampleTable<T> table() const {
-    T* frac = table_frac.tensor().template data_ptr<T>();
-    const int64_t n = table_index.tensor().numel();
-    return {table_index.tensor().template data_ptr<int32_t>(), frac, frac + n};
-  }
-};
-
-// Copies image n (C, H, W) into the interior of the bordered planes.
-template <typename T>
-void copy_bordered(const T* image, T* dst, const Conv2dGeometry& g) {
-  const Bordered bp = bordered(g);
-  for (int64_t c = 0; c < g.in_channels; ++c) {
-    for (int64_t h = 0; h < g.in_h; ++h) {
-      std::copy(image + (c * g.in_h + h) * g.in_w, image + (c * g.in_h + h + 1) * g.in_w,
-                dst + c * bp.area() + (h + 1) * bp.w + 1);
-    }
-  }
-}
-
-template <typename T>
-void copy_interior(const T* bordered_planes, T* image, const Conv2dGeometry& g) {
-  const Bordered bp = bordered(g);
-  for (int64_t c = 0; c < g.in_channels; ++c) {
-    for (int64_t h = 0; h < g.in_h; ++h) {
-      const T* src = bordered_planes + c * bp.area() + (h + 1) * bp.w + 1;
-      std::copy(src, src + g.in_w, image + (c * g.in_h + h) * g.in_w);
-    }
-  }
-}
-
-// The band's sampling table plus the sampled, masked columns (C*kh*kw, P).
-template <typename T>
-SampleTable<T> sample_band(const DeformGeometry& d, const BandScratch<T>& s, const T* offset_n,
-                           const T* mask_n, const BandGeometry& b, T* cols) {
-  const auto& g = d.conv;
-  const int64_t taps = g.kernel_area(), P = b.positions, cg = d.channels_per_offset_group();
-  const Bordered bp = bordered(g);
-  const auto tab = s.table();
-  build_table(d, offset_n, b, tab);
-  for (int64_t og = 0; og < d.offset_groups; ++og) {
-    for (int64_t tap = 0; tap < taps; ++tap) {
-      const int64_t e = og * taps + tap;
-      const T* m = mask_n ? mask_n + e * g.out_area() + b.oh0 * g.out_w : nullptr;
-      sample(s.image_ptr() + og * cg * bp.area(), bp.area(), bp.w, tab.corner + e * P,
-             tab.ly + e * P, tab.lx + e * P, m, cols + (og * cg * taps + tap) * P, taps * P, cg, P);
-    }
-  }
-  return tab;
+// Image n (C, H, W) into the interior of the bordered (H+2, W+2, C) buffer, and back.
+at::Tensor bordered_interior(const at::Tensor& buf, const Conv2dGeometry& g) {
+  return buf.view({g.in_h + 2, g.in_w + 2, g.in_channels}).narrow(0, 1, g.in_h).narrow(1, 1, g.in_w);
 }
 
 struct Prepared {
-  at::Tensor x, w, offset, mask;  // compute dtype, contiguous; mask undefined for v1
+  at::Tensor x, w, offset, mask;  // compute dtype; w permuted to (groups, O/g, K*C/g); mask may be undefined
 };
 
 Prepared prepare(const DeformGeometry& d, const at::Tensor& input, const at::Tensor& weight,
@@ -290,11 +262,29 @@ Prepared prepare(const DeformGeometry& d, const at::Tensor& input, const at::Ten
   const auto cdt = compute_dtype(input.scalar_type());
   const auto& g = d.conv;
   Prepared p;
-  p.x = input.to(cdt).contiguous();
-  p.w = weight.to(cdt).contiguous().view({g.groups, g.out_per_group(), g.col_rows_per_group()});
+  p.x = input.to(cdt);  // any layout: it is copied image by image into the bordered buffer
+  p.w = weight.to(cdt)
+            .reshape({g.groups, g.out_per_group(), g.in_per_group(), g.kernel_area()})
+            .permute({0, 1, 3, 2})
+            .contiguous()
+            .view({g.groups, g.out_per_group(), g.col_rows_per_group()});
   p.offset = offset.to(cdt).contiguous();
   if (d.use_mask) p.mask = mask->to(cdt).contiguous();
   return p;
+}
+
+template <typename T>
+BandArgs<T> band_args(const DeformGeometry& d, const Prepared& in, const at::Tensor& image_buf,
+                      int64_t n, int64_t oh0, int64_t rows) {
+  const auto& g = d.conv;
+  return {&d, image_buf.data_ptr<T>(), in.offset.data_ptr<T>() + n * d.offset_channels() * g.out_area(),
+          d.use_mask ? in.mask.data_ptr<T>() + n * d.mask_channels() * g.out_area() : nullptr, oh0, rows};
+}
+
+// The (P, K*C/g) block of a weight group in a band's transposed columns.
+at::Tensor group_block(const at::Tensor& buf, const Conv2dGeometry& g, int64_t P, int64_t grp) {
+  const int64_t row = g.groups * g.col_rows_per_group();
+  return buf.narrow(0, 0, P * row).view({P, row}).narrow(1, grp * g.col_rows_per_group(), g.col_rows_per_group());
 }
 
 template <typename T>
@@ -302,31 +292,24 @@ void forward_cpu(const DeformGeometry& d, const Prepared& in, at::Tensor& out) {
   const auto& g = d.conv;
   const int64_t rows = band_rows(d, sizeof(T), false);
   const int64_t bands = (g.out_h + rows - 1) / rows;
-  const int64_t taps = g.kernel_area(), K = g.in_channels * taps;
-  const T* x = in.x.data_ptr<T>();
-  const T* off = in.offset.data_ptr<T>();
-  const T* msk = d.use_mask ? in.mask.data_ptr<T>() : nullptr;
-  // Images are the outer loop of a thread's items, so each thread borders an image once.
+  const int64_t KC = g.groups * g.col_rows_per_group();
   parallel_gemm_for(g.batch * bands, [&](int64_t begin, int64_t end) {
-    BandScratch<T> s(d, rows * g.out_w, 1, 0, in.x.options());
+    const ScratchBuffer image(g.in_channels * (g.in_h + 2) * (g.in_w + 2), in.x.options());
+    const ScratchBuffer columns(KC * rows * g.out_w, in.x.options());
+    image.tensor().zero_();
     int64_t bordered_image = -1;
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / bands, oh0 = item % bands * rows;
-      const int64_t band_rows_here = std::min(rows, g.out_h - oh0);
-      const int64_t P = band_rows_here * g.out_w;
-      const BandGeometry band{oh0, band_rows_here, P};
+      const int64_t band_h = std::min(rows, g.out_h - oh0), P = band_h * g.out_w;
       if (bordered_image != n) {
-        copy_bordered(x + n * g.in_channels * g.in_area(), s.image_ptr(), g);
+        bordered_interior(image.tensor(), g).copy_(in.x.select(0, n).permute({1, 2, 0}));
         bordered_image = n;
       }
-      T* cols = s.columns_ptr();
-      sample_band(d, s, off + n * d.offset_channels() * g.out_area(),
-                  msk ? msk + n * d.mask_channels() * g.out_area() : nullptr, band, cols);
-      const auto col_t = s.columns.tensor().narrow(0, 0, K * P).view({g.groups, g.col_rows_per_group(), P});
+      fill_columns(band_args<T>(d, in, image.tensor(), n, oh0, band_h), columns.tensor().data_ptr<T>());
       auto dst = out.select(0, n).view({g.groups, g.out_per_group(), g.out_area()}).narrow(2, oh0 * g.out_w, P);
       for (int64_t grp = 0; grp < g.groups; ++grp) {
         auto o = dst.select(0, grp);
-        at::mm_out(o, in.w.select(0, grp), col_t.select(0, grp));
+        at::mm_out(o, in.w.select(0, grp), group_block(columns.tensor(), g, P, grp).t());
       }
     }
   });
@@ -338,77 +321,53 @@ int64_t backward_shares(const DeformGeometry& d, int64_t weight_bytes) {
 }
 
 struct Grads {
-  at::Tensor input, weight, offset, mask, bias;  // compute dtype
+  at::Tensor input, weight, offset, mask, bias;  // compute dtype; weight permuted like Prepared::w
 };
 
 template <typename T>
-void backward_cpu(const DeformGeometry& d, const Prepared& in, const at::Tensor& grad_out,
-                  Grads& gr) {
+void backward_cpu(const DeformGeometry& d, const Prepared& in, const at::Tensor& grad_out, Grads& gr) {
   const auto& g = d.conv;
   const int64_t rows = band_rows(d, sizeof(T), true);
   const int64_t bands = (g.out_h + rows - 1) / rows;
-  const int64_t taps = g.kernel_area(), K = g.in_channels * taps, cg = d.channels_per_offset_group();
-  const Bordered bp = bordered(g);
-  const int64_t max_p = rows * g.out_w;
+  const int64_t KC = g.groups * g.col_rows_per_group();
   const int64_t shares = backward_shares(d, in.w.numel() * int64_t(sizeof(T)));
   const ScratchBuffer weight_partial(shares * in.w.numel(), in.x.options());
   const ScratchBuffer bias_partial(shares * g.out_channels, in.x.options());
   auto wp = weight_partial.tensor().zero_().view({shares, g.groups, g.out_per_group(), g.col_rows_per_group()});
   auto bpart = bias_partial.tensor().zero_().view({shares, g.out_channels});
-  const auto wt = in.w.transpose(1, 2);  // (groups, C/g*kh*kw, O/g)
-  const T* off = in.offset.data_ptr<T>();
-  const T* msk = d.use_mask ? in.mask.data_ptr<T>() : nullptr;
   T* goff = gr.offset.data_ptr<T>();
   T* gmask = d.use_mask ? gr.mask.data_ptr<T>() : nullptr;
-  T* gin = gr.input.data_ptr<T>();
 
   parallel_gemm_for(shares, [&](int64_t sb, int64_t se) {
-    // columns, column gradient; extra rows: the scaled column gradient of one channel.
-    BandScratch<T> s(d, max_p, 2, 1, in.x.options());
-    const ScratchBuffer grad_image(g.in_channels * bp.area(), in.x.options());
-    T* gimg = grad_image.tensor().template data_ptr<T>();
+    const ScratchBuffer image(g.in_channels * (g.in_h + 2) * (g.in_w + 2), in.x.options());
+    const ScratchBuffer grad_image(g.in_channels * (g.in_h + 2) * (g.in_w + 2), in.x.options());
+    const ScratchBuffer columns(2 * KC * rows * g.out_w, in.x.options());
+    image.tensor().zero_();
+    const auto cols_buf = columns.tensor().narrow(0, 0, KC * rows * g.out_w);
+    const auto dcols_buf = columns.tensor().narrow(0, KC * rows * g.out_w, KC * rows * g.out_w);
     for (int64_t share = sb; share < se; ++share) {
       auto w_acc = wp.select(0, share);
       auto b_acc = bpart.select(0, share);
       for (int64_t n = share * g.batch / shares; n < (share + 1) * g.batch / shares; ++n) {
-        copy_bordered(in.x.data_ptr<T>() + n * g.in_channels * g.in_area(), s.image_ptr(), g);
+        bordered_interior(image.tensor(), g).copy_(in.x.select(0, n).permute({1, 2, 0}));
         grad_image.tensor().zero_();
-        const T* off_n = off + n * d.offset_channels() * g.out_area();
-        const T* msk_n = msk ? msk + n * d.mask_channels() * g.out_area() : nullptr;
         const auto go_n = grad_out.select(0, n).view({g.groups, g.out_per_group(), g.out_area()});
         b_acc.add_(grad_out.select(0, n).view({g.out_channels, g.out_area()}).sum(1));
         for (int64_t band = 0; band < bands; ++band) {
-          const int64_t oh0 = band * rows, P = std::min(rows, g.out_h - oh0) * g.out_w;
-          const BandGeometry b{oh0, std::min(rows, g.out_h - oh0), P};
-          T* cols = s.columns_ptr();
-          T* dcols = cols + K * P;
-          T* scaled = dcols + K * P;
-          const auto tab = sample_band(d, s, off_n, msk_n, b, cols);
-          const auto& col_buf = s.columns.tensor();
-          const auto col_t = col_buf.narrow(0, 0, K * P).view({g.groups, g.col_rows_per_group(), P});
-          auto dcol_t = col_buf.narrow(0, K * P, K * P).view({g.groups, g.col_rows_per_group(), P});
+          const int64_t oh0 = band * rows, band_h = std::min(rows, g.out_h - oh0), P = band_h * g.out_w;
+          const auto args = band_args<T>(d, in, image.tensor(), n, oh0, band_h);
+          fill_columns(args, cols_buf.data_ptr<T>());
           const auto go_band = go_n.narrow(2, oh0 * g.out_w, P);
           for (int64_t grp = 0; grp < g.groups; ++grp) {
-            auto dc = dcol_t.select(0, grp);
-            at::mm_out(dc, wt.select(0, grp), go_band.select(0, grp));
-            w_acc.select(0, grp).addmm_(go_band.select(0, grp), col_t.select(0, grp).t());
+            auto dc = group_block(dcols_buf, g, P, grp);
+            at::mm_out(dc, go_band.select(0, grp).t(), in.w.select(0, grp));
+            w_acc.select(0, grp).addmm_(go_band.select(0, grp), group_block(cols_buf, g, P, grp));
           }
-          for (int64_t og = 0; og < d.offset_groups; ++og) {
-            for (int64_t tap = 0; tap < taps; ++tap) {
-              const int64_t e = og * taps + tap;
-              const int64_t pos0 = oh0 * g.out_w;
-              T* gy = goff + (n * d.offset_channels() + 2 * e) * g.out_area() + pos0;
-              T* gx = gy + g.out_area();
-              T* gm = gmask ? gmask + (n * d.mask_channels() + e) * g.out_area() + pos0 : nullptr;
-              const T* m = msk_n ? msk_n + e * g.out_area() + pos0 : nullptr;
-              sample_backward(s.image_ptr() + og * cg * bp.area(), gimg + og * cg * bp.area(),
-                              bp.area(), bp.w, tab.corner + e * P, tab.ly + e * P, tab.lx + e * P,
-                              m, dcols + (og * cg * taps + tap) * P, taps * P, cg, P, gy, gx, gm,
-                              scaled);
-            }
-          }
+          band_backward(args, dcols_buf.data_ptr<T>(), grad_image.tensor().data_ptr<T>(),
+                        goff + n * d.offset_channels() * g.out_area(),
+                        gmask ? gmask + n * d.mask_channels() * g.out_area() : nullptr);
         }
-        copy_interior(gimg, gin + n * g.in_channels * g.in_area(), g);
+        gr.input.select(0, n).copy_(bordered_interior(grad_image.tensor(), g).permute({2, 0, 1}));
       }
     }
   });
@@ -460,10 +419,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_co
   gr.weight = at::zeros(weight.sizes(), opt);
   gr.bias = at::zeros({g.out_channels}, opt);
   if (g.batch > 0 && g.out_channels > 0 && g.col_rows_per_group() > 0) {
-    auto gw = gr.weight.view({g.groups, g.out_per_group(), g.col_rows_per_group()});
-    Grads view{gr.input, gw, gr.offset, gr.mask, gr.bias};
+    // computed in the permuted layout (groups, O/g, [tap][channel]) of Prepared::w
+    auto permuted = at::empty({g.groups, g.out_per_group(), g.col_rows_per_group()}, opt);
+    Grads view{gr.input, permuted, gr.offset, gr.mask, gr.bias};
     AT_DISPATCH_FLOATING_TYPES(opt.dtype().toScalarType(), "convops_deform_conv2d_backward_cpu",
                                [&] { backward_cpu<scalar_t>(d, in, go, view); });
+    gr.weight.view({g.groups, g.out_per_group(), g.in_per_group(), g.kernel_area()})
+        .copy_(permuted.view({g.groups, g.out_per_group(), g.kernel_area(), g.in_per_group()})
+                   .permute({0, 1, 3, 2}));
   } else if (g.batch > 0) {
     gr.bias = go.sum({0, 2, 3});
   }
