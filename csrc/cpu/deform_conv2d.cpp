@@ -26,7 +26,7 @@
 // (from the batch and the weight size only, never from the thread count), each processed in
 // order by one thread with its own grad-weight/bias partial sums, added in share order at the
 // end; grad-input of an image and grad-offset/mask of a position are written only by the share
-// owning the image, in a fixed order; sums over channels use kLanes fixed lanes, so the
+// owning the image, in a fixed order; sums over channels use fixed vector lanes (Vec), so the
 // vector width of the selected ISA does not change them either. Results are bitwise identical
 // run to run and for any number of threads.
 #include <ATen/Parallel.h>
@@ -34,6 +34,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <tuple>
 
 #include "../common/conv_gemm.h"
@@ -50,8 +51,6 @@ constexpr int64_t kBandBytes = int64_t(3) << 19;  // 1.5 MiB
 // Backward partial sums of grad-weight across shares are bounded by this many bytes.
 constexpr int64_t kPartialBudgetBytes = int64_t(64) << 20;
 constexpr int64_t kMaxShares = 64;
-// Independent partial sums of a channel reduction (vectorised; fixed, so ISA-independent).
-constexpr int kLanes = 16;
 
 // A sampling point: its top-left corner's pixel in the bordered image and the bilinear
 // fractions; `inside` is false where torchvision's rule makes it read 0.
@@ -121,12 +120,43 @@ CONVOPS_INLINE void for_each_segment(const DeformGeometry& d, int64_t og, int64_
   }
 }
 
+// 64 bytes of T as one GCC vector: zmm with AVX-512, two ymm with AVX2, four xmm otherwise;
+// the lane arithmetic (and so every rounding) is the same in every ISA variant.
+template <typename T>
+struct Vec {
+  static constexpr int kLanes = int(64 / sizeof(T));
+  typedef T type __attribute__((vector_size(64)));
+};
+template <typename T>
+using vec_t = typename Vec<T>::type;
+
+template <typename T>
+CONVOPS_INLINE vec_t<T> vload(const T* p) {
+  vec_t<T> v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+template <typename T>
+CONVOPS_INLINE void vstore(T* p, vec_t<T> v) {
+  std::memcpy(p, &v, sizeof(v));
+}
+template <typename T>
+CONVOPS_INLINE vec_t<T> vbroadcast(T x) {
+  return vec_t<T>{} + x;
+}
+
 template <typename T>
 CONVOPS_INLINE void bilinear_channels(T* __restrict__ dst, const T* __restrict__ v00,
                                       const T* __restrict__ v01, const T* __restrict__ v10,
                                       const T* __restrict__ v11, int64_t n, T w00, T w01, T w10,
                                       T w11) {
-  for (int64_t i = 0; i < n; ++i) dst[i] = w00 * v00[i] + w01 * v01[i] + w10 * v10[i] + w11 * v11[i];
+  constexpr int L = Vec<T>::kLanes;
+  const auto a = vbroadcast(w00), b = vbroadcast(w01), c = vbroadcast(w10), d = vbroadcast(w11);
+  int64_t i = 0;
+  for (; i + L <= n; i += L) {
+    vstore(dst + i, a * vload(v00 + i) + b * vload(v01 + i) + c * vload(v10 + i) + d * vload(v11 + i));
+  }
+  for (; i < n; ++i) dst[i] = w00 * v00[i] + w01 * v01[i] + w10 * v10[i] + w11 * v11[i];
 }
 
 // The band's columns (P, K*C), masked.
@@ -150,35 +180,46 @@ CONVOPS_INLINE void fill_columns_impl(const BandArgs<T>& a, T* cols) {
   });
 }
 
-// Sums over channels in kLanes lanes; the lanes are added in order at the end.
+// Sums over channels in fixed vector lanes, added in lane order at the end.
 template <typename T>
 struct LaneSums {
-  T y[kLanes], x[kLanes], m[kLanes];
-  void clear() {
-    std::fill(y, y + kLanes, T(0));
-    std::fill(x, x + kLanes, T(0));
-    std::fill(m, m + kLanes, T(0));
-  }
-  static T total(const T* v) {
+  vec_t<T> y, x, m;
+  void clear() { y = x = m = vec_t<T>{}; }
+  static T total(vec_t<T> v) {
     T s = T(0);
-    for (int l = 0; l < kLanes; ++l) s += v[l];
+    for (int l = 0; l < Vec<T>::kLanes; ++l) s += v[l];
     return s;
   }
 };
 
-// One channel segment of the backward: derivatives of the sample in y and x (times the masked
-// column gradient), the unmasked sample (times the column gradient), and the scatter of the
-// masked column gradient into the four corners of the grad image.
+// One channel segment of the backward: derivatives of the sample in y and x (times the column
+// gradient), the unmasked sample (times the column gradient), and the scatter of the masked
+// column gradient into the four corners of the grad image.
 template <typename T>
 CONVOPS_INLINE void corner_backward(const T* __restrict__ dcol, const T* __restrict__ v00,
                                     const T* __restrict__ v01, const T* __restrict__ v10,
                                     const T* __restrict__ v11, T* __restrict__ g00,
                                     T* __restrict__ g01, T* __restrict__ g10, T* __restrict__ g11,
                                     int64_t n, T ly, T lx, T m, bool want_mask, LaneSums<T>& acc) {
+  constexpr int L = Vec<T>::kLanes;
   const T hy = T(1) - ly, hx = T(1) - lx;
   const T w00 = hy * hx * m, w01 = hy * lx * m, w10 = ly * hx * m, w11 = ly * lx * m;
+  const auto vly = vbroadcast(ly), vlx = vbroadcast(lx), vhy = vbroadcast(hy);
+  const auto u00 = vbroadcast(w00), u01 = vbroadcast(w01), u10 = vbroadcast(w10), u11 = vbroadcast(w11);
   int64_t i = 0;
-  auto step = [&](int64_t i, int l) {
+  for (; i + L <= n; i += L) {
+    const auto d = vload(dcol + i);
+    const auto a = vload(v00 + i), b = vload(v01 + i), c = vload(v10 + i), e = vload(v11 + i);
+    const auto top = a + vlx * (b - a), bot = c + vlx * (e - c);
+    acc.y += d * (bot - top);
+    acc.x += d * (vhy * (b - a) + vly * (e - c));
+    if (want_mask) acc.m += d * (top + vly * (bot - top));
+    vstore(g00 + i, vload(g00 + i) + u00 * d);
+    vstore(g01 + i, vload(g01 + i) + u01 * d);
+    vstore(g10 + i, vload(g10 + i) + u10 * d);
+    vstore(g11 + i, vload(g11 + i) + u11 * d);
+  }
+  for (int l = 0; i < n; ++i, ++l) {
     const T d = dcol[i];
     const T a = v00[i], b = v01[i], c = v10[i], e = v11[i];
     const T top = a + lx * (b - a), bot = c + lx * (e - c);
@@ -189,11 +230,7 @@ CONVOPS_INLINE void corner_backward(const T* __restrict__ dcol, const T* __restr
     g01[i] += w01 * d;
     g10[i] += w10 * d;
     g11[i] += w11 * d;
-  };
-  for (; i + kLanes <= n; i += kLanes) {
-    for (int l = 0; l < kLanes; ++l) step(i + l, l);
   }
-  for (int l = 0; i < n; ++i, ++l) step(i, l);
 }
 
 // grad-offset / grad-mask / grad-input of a band from its column gradient (P, K*C).
