@@ -46,6 +46,10 @@ namespace {
 
 using cpu::parallel_gemm_for;
 
+// Hot-loop lambdas must be inlined into the ISA-cloned caller, or they are compiled for the
+// baseline ISA.
+#define CONVOPS_LAMBDA_INLINE __attribute__((always_inline))
+
 // Per-thread bytes of a band's columns (and, in backward, its column gradient).
 constexpr int64_t kBandBytes = int64_t(3) << 19;  // 1.5 MiB
 // Backward partial sums of grad-weight across shares are bounded by this many bytes.
@@ -164,12 +168,12 @@ template <typename T>
 CONVOPS_INLINE void fill_columns_impl(const BandArgs<T>& a, T* cols) {
   const auto& g = a.d->conv;
   const int64_t C = g.in_channels, row = g.kernel_area() * C, bw = g.in_w + 2;
-  for_each_point(a, [&](int64_t p, int64_t tap, int64_t og, int64_t, int64_t, SamplePoint<T> pt, T m) {
+  for_each_point(a, [&](int64_t p, int64_t tap, int64_t og, int64_t, int64_t, SamplePoint<T> pt, T m) CONVOPS_LAMBDA_INLINE {
     T* dst_row = cols + p * row;
     const T hy = T(1) - pt.ly, hx = T(1) - pt.lx;
     const T w00 = hy * hx * m, w01 = hy * pt.lx * m, w10 = pt.ly * hx * m, w11 = pt.ly * pt.lx * m;
     const T* q = a.image + pt.corner * C;
-    for_each_segment(*a.d, og, tap, [&](int64_t c0, int64_t c1, int64_t col) {
+    for_each_segment(*a.d, og, tap, [&](int64_t c0, int64_t c1, int64_t col) CONVOPS_LAMBDA_INLINE {
       if (!pt.inside) {
         std::fill(dst_row + col, dst_row + col + (c1 - c0), T(0));
         return;
@@ -240,12 +244,12 @@ CONVOPS_INLINE void band_backward_impl(const BandArgs<T>& a, const T* dcols, T* 
   const auto& g = a.d->conv;
   const int64_t C = g.in_channels, row = g.kernel_area() * C, bw = g.in_w + 2, area = g.out_area();
   LaneSums<T> acc;
-  for_each_point(a, [&](int64_t p, int64_t tap, int64_t og, int64_t e, int64_t pos, SamplePoint<T> pt, T m) {
+  for_each_point(a, [&](int64_t p, int64_t tap, int64_t og, int64_t e, int64_t pos, SamplePoint<T> pt, T m) CONVOPS_LAMBDA_INLINE {
     if (!pt.inside) return;  // reads 0 and has zero derivatives: the gradients stay 0
     acc.clear();
     const T* q = a.image + pt.corner * C;
     T* gq = grad_image + pt.corner * C;
-    for_each_segment(*a.d, og, tap, [&](int64_t c0, int64_t c1, int64_t col) {
+    for_each_segment(*a.d, og, tap, [&](int64_t c0, int64_t c1, int64_t col) CONVOPS_LAMBDA_INLINE {
       corner_backward(dcols + p * row + col, q + c0, q + C + c0, q + bw * C + c0,
                       q + (bw + 1) * C + c0, gq + c0, gq + C + c0, gq + bw * C + c0,
                       gq + (bw + 1) * C + c0, c1 - c0, pt.ly, pt.lx, m, grad_mask != nullptr, acc);
