@@ -210,7 +210,7 @@ def test_grid_sample_oracle(case, with_mask):
 @pytest.mark.parametrize("with_mask", [False, True], ids=["v1", "v2"])
 def test_gradcheck(with_mask):
     torch.manual_seed(7)
-    inputs, kwargs = _inputs("awkward", torch.float64, with_mask)
+    inputs, kwargs = _inputs("awkward", torch.float64, with_mask, batch=1)
     fn = _call(cF.deform_conv2d, kwargs)
     assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-6)
 
