@@ -79,7 +79,7 @@ def separable_layer_report(name: str, conv: torch.nn.Conv2d, separable) -> dict:
 
 
 def convert(model: torch.nn.Module, *, separable_rank: Union[int, float, None] = None,
-            report: Optional[List[dict]] = None) -> torch.nn.Module:
+            report: Optional[List[dict]] = None, deformable=None) -> torch.nn.Module:
     """Returns `model` with every torch Conv1d/Conv2d/ConvTranspose1d/ConvTranspose2d (at any
     depth) replaced in place by the convops module sharing its parameters; outputs unchanged.
     A module registered in several places gets one twin, used in all of them.
@@ -93,7 +93,16 @@ def convert(model: torch.nn.Module, *, separable_rank: Union[int, float, None] =
     report: a list to which one dict per converted separable layer is appended: name, kernel_size,
     in/out_channels, groups, rank, full_rank, flops_before / flops_after (per output pixel of one
     image), flops_saved (fraction; negative when the pair costs more) and error (relative
-    Frobenius reconstruction error of the kernel)."""
+    Frobenius reconstruction error of the kernel).
+
+    deformable (opt-in): which 3x3 Conv2d layers (torch or convops, zeros padding) become
+    deformable; each is replaced by a DeformConv2dPack ("v1") or ModulatedDeformConv2dPack ("v2")
+    sharing its weight and bias, whose offset predictor starts at zero, so outputs are unchanged
+    until it is trained. "v1" / "v2": every such layer; a dict {qualified name: "v1" | "v2"}:
+    those layers (a name that is not an eligible layer raises ValueError); a callable
+    (qualified name, module) -> "v1" | "v2" | None: the layers it picks."""
+    if deformable is not None:
+        _make_deformable(model, deformable)
     rules: List[Rule] = []
     if separable_rank is not None:
         rules.append(_SeparableRule(separable_rank, report))
@@ -119,3 +128,67 @@ def _convert(module: torch.nn.Module, name: str, rules: List[Rule], done: dict) 
             if converted is not child:
                 setattr(module, child_name, converted)
     return module
+
+
+# ----------------------------------------------------------------------------- [deformable]
+
+def _deformable_eligible(module: torch.nn.Module) -> bool:
+    return (type(module) in (torch.nn.Conv2d, cnn.Conv2d) and tuple(module.kernel_size) == (3, 3)
+            and module.padding_mode == "zeros" and not isinstance(module.padding, str))
+
+
+def _make_deformable(model: torch.nn.Module, deformable) -> None:
+    if isinstance(deformable, str):
+        if deformable not in ("v1", "v2"):
+            raise ValueError(f"deformable must be 'v1', 'v2', a dict or a callable, but got {deformable!r}")
+        choose = lambda name, m: deformable  # noqa: E731
+    elif isinstance(deformable, dict):
+        bad = {v for v in deformable.values() if v not in ("v1", "v2")}
+        if bad:
+            raise ValueError(f"deformable: expected 'v1' or 'v2' per layer, but got {sorted(bad)}")
+        eligible = {name for name, m in model.named_modules() if _deformable_eligible(m)}
+        missing = sorted(set(deformable) - eligible)
+        if missing:
+            raise ValueError(f"deformable: {missing} are not 3x3 Conv2d layers with zeros padding of this model")
+        choose = lambda name, m: deformable.get(name)  # noqa: E731
+    elif callable(deformable):
+        choose = deformable
+    else:
+        raise TypeError(f"deformable must be 'v1', 'v2', a dict or a callable, but got {type(deformable).__name__}")
+    replaced = {}
+    for name, module in list(model.named_modules()):
+        if id(module) in replaced or not _deformable_eligible(module):
+            continue
+        kind = choose(name, module)
+        if kind is None:
+            continue
+        if kind not in ("v1", "v2"):
+            raise ValueError(f"deformable: expected 'v1', 'v2' or None for {name!r}, but got {kind!r}")
+        replaced[id(module)] = _deformable_twin(module, kind)
+    _replace(model, replaced, set())
+
+
+def _deformable_twin(conv: torch.nn.Conv2d, kind: str) -> torch.nn.Module:
+    cls = cnn.DeformConv2dPack if kind == "v1" else cnn.ModulatedDeformConv2dPack
+    w = conv.weight
+    with torch.device("meta"):
+        twin = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                   conv.dilation, conv.groups, deform_groups=1, bias=conv.bias is not None)
+    twin.weight, twin.bias = conv.weight, conv.bias  # shared Parameters
+    twin.conv_offset = twin.conv_offset.to_empty(device=w.device).to(w.dtype)
+    twin.init_offset()
+    twin.train(conv.training)
+    return twin
+
+
+def _replace(module: torch.nn.Module, replaced: dict, seen: set) -> None:
+    if id(module) in seen:
+        return
+    seen.add(id(module))
+    for name, child in list(module._modules.items()):
+        if child is None:
+            continue
+        if id(child) in replaced:
+            setattr(module, name, replaced[id(child)])
+        else:
+            _replace(child, replaced, seen)

@@ -10,12 +10,13 @@ from torch import Tensor
 
 from .ops import (Conv2dFunction, ConvTranspose2dFunction, DepthwiseConv2dFunction,
                   DepthwiseSeparableConv2dFunction, SpatiallySeparableConv2dFunction)
+from .ops import DeformConv2dFunction  # [deformable]
 
 __all__ = ["conv1d", "conv2d", "conv_transpose1d", "conv_transpose2d", "depthwise_conv2d",
            "depthwise_separable_conv2d", "PaddingStringError"]
 # [separable] __all__ += [...]
 __all__ += ["spatially_separable_conv2d"]
-# [deformable] __all__ += [...]
+__all__ += ["deform_conv2d"]  # [deformable]
 
 IntOrSeq = Union[int, Sequence[int]]
 
@@ -227,3 +228,40 @@ def spatially_separable_conv2d(input: Tensor, weight_v: Tensor, weight_h: Tensor
 
 
 # ----------------------------------------------------------------------------- [deformable]
+
+def _pair_arg(value, name: str) -> list:
+    """torchvision's _pair: an int or a 2-sequence."""
+    if isinstance(value, (int, torch.SymInt)):
+        return [value, value]
+    value = list(value)
+    if len(value) != 2:
+        raise RuntimeError(f"deform_conv2d: expected {name} to be an int or a pair of ints, but got {name}={value}")
+    return value
+
+
+def deform_conv2d(input: Tensor, offset: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
+                  stride: IntOrSeq = (1, 1), padding: IntOrSeq = (0, 0), dilation: IntOrSeq = (1, 1),
+                  mask: Optional[Tensor] = None) -> Tensor:
+    """Drop-in twin of `torchvision.ops.deform_conv2d`: deformable convolution v1 (mask=None) or
+    v2 (modulated, with mask). offset (N, 2*G*kh*kw, Ho, Wo) holds (dy, dx) per offset group and
+    kernel tap; mask (N, G*kh*kw, Ho, Wo). Weight groups are C_in // weight.shape[1] and offset
+    groups offset.shape[1] // (2*kh*kw), as in torchvision."""
+    if input.dim() != 4 or weight.dim() != 4 or offset.dim() != 4:
+        raise RuntimeError(f"deform_conv2d: expected 4-dimensional input, weight and offset, but got input of "
+                           f"size {list(input.shape)}, weight of size {list(weight.shape)} and offset of size "
+                           f"{list(offset.shape)}")
+    kh, kw = weight.shape[-2:]
+    offset_groups = offset.shape[1] // (2 * kh * kw) if kh * kw > 0 else 0
+    if offset_groups == 0:
+        raise RuntimeError(
+            "deform_conv2d: the shape of the offset tensor at dimension 1 is not valid: expected a positive "
+            f"multiple of 2 * weight.size(2) * weight.size(3) = {2 * kh * kw} channels, but got offset of size "
+            f"{list(offset.shape)}")
+    if weight.shape[1] == 0 or input.shape[1] % weight.shape[1] != 0:
+        raise RuntimeError(f"deform_conv2d: expected input channels ({input.shape[1]}) to be divisible by "
+                           f"weight.size(1) ({weight.shape[1]}), the input channels per group, but got input of "
+                           f"size {list(input.shape)} and weight of size {list(weight.shape)}")
+    groups = input.shape[1] // weight.shape[1]
+    return DeformConv2dFunction.apply(input, weight, offset, mask, bias, _pair_arg(stride, "stride"),
+                                      _pair_arg(padding, "padding"), _pair_arg(dilation, "dilation"), groups,
+                                      offset_groups)

@@ -70,6 +70,17 @@ TORCH_LIBRARY(convops, m) {
       "int[2] stride, int[2] padding, int[2] dilation, int groups) -> Tensor");
 
   // [deformable] (csrc/cpu/deform_conv2d.cpp)
+  // torchvision.ops.deform_conv2d's op (its argument order; groups and offset_groups explicit,
+  // use_mask = mask is not None). See common/deform_params.h for the layouts.
+  m.def(
+      "deform_conv2d(Tensor input, Tensor weight, Tensor offset, Tensor? mask, Tensor? bias, "
+      "int[2] stride, int[2] padding, int[2] dilation, int groups, int offset_groups) -> Tensor");
+  // (grad_input, grad_weight, grad_offset, grad_mask, grad_bias); grad_mask is empty (size [0])
+  // without a mask. One fused pass: the sampling is shared by all five.
+  m.def(
+      "deform_conv2d_backward(Tensor grad_output, Tensor input, Tensor weight, Tensor offset, "
+      "Tensor? mask, int[2] stride, int[2] padding, int[2] dilation, int groups, "
+      "int offset_groups) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 
   m.def("_build_info() -> str", &build_info_string);
   // Peak of the scratch bytes live at once since the last reset.

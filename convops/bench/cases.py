@@ -189,9 +189,38 @@ def _two_torch_calls(x, dw, pw, db=None, pb=None, stride=1, padding=0, dilation=
 
 # [deformable] suites
 
+def _deform_ours(input, offset, weight, bias, mask=None, **kw):
+    return cF.deform_conv2d(input, offset, weight, bias, mask=mask, **kw)
+
+
+def _deform_torchvision(input, offset, weight, bias, mask=None, **kw):
+    from torchvision.ops import deform_conv2d
+    return deform_conv2d(input, offset, weight, bias, mask=mask, **kw)
+
+
+def _deform_dense(input, offset, weight, bias, mask=None, **kw):
+    """The dense conv of the same shape (what a deformable layer costs on top of it)."""
+    return F.conv2d(input, weight, bias, **kw)
+
+
+def _deform(batch=8):
+    def d(version, cin, cout, hw, offset_groups=1):
+        mask = (("mask", (batch, offset_groups * 9, hw, hw), "uniform"),) if version == "v2" else ()
+        name = f"{version} 3x3 {cin}->{cout} @{hw}" + (f" og{offset_groups}" if offset_groups > 1 else "")
+        return Case("deform", name, "deform_conv2d", (batch, cin, hw, hw), (cout, cin, 3, 3),
+                    dict(padding=(1, 1)),
+                    tensors=(("input", (batch, cin, hw, hw), "randn"),
+                             ("offset", (batch, 2 * offset_groups * 9, hw, hw), "randn*0.5"),
+                             ("weight", (cout, cin, 3, 3), "weight"), ("bias", (cout,), "randn")) + mask)
+    return [d(v, *shape) for shape in [(64, 64, 56), (256, 256, 14), (128, 128, 28, 4)] for v in ("v1", "v2")]
+
+
+OPS["deform_conv2d"] = (_deform_ours, "torchvision.ops.deform_conv2d", _deform_torchvision,  # [deformable]
+                        {"dense": _deform_dense})
+
 SUITES = {"dense": _dense, "transposed": _transposed}
 # [depthwise / grouped] SUITES.update(...)
 SUITES.update(depthwise=_depthwise, grouped=_grouped)
 # [separable] SUITES.update(...)
 SUITES["separable"] = lambda batch=8: _separable(batch) + _separable_spatial(batch)
-# [deformable] SUITES.update(...)
+SUITES.update(deform=_deform)  # [deformable]

@@ -65,9 +65,12 @@ def _make_inputs(case: Case, device, dtype, requires_grad):
         if callable(init):
             t = init(shape, g)
         else:
-            t = torch.rand(shape, generator=g) if init == "uniform" else torch.randn(shape, generator=g)
-        if init == "weight":
-            t = t * 0.05
+            kind, _, scale = init.partition("*")  # "randn*0.5": a scaled init
+            t = torch.rand(shape, generator=g) if kind == "uniform" else torch.randn(shape, generator=g)
+            if kind == "weight":
+                t = t * 0.05
+            if scale:
+                t = t * float(scale)
         t = t.to(device, dtype)
         if case.channels_last and t.dim() == 4:
             t = t.contiguous(memory_format=torch.channels_last)
@@ -115,8 +118,27 @@ def _parity(case, ours, ref, tensors, backward) -> float:
     return worst
 
 
-def measure(case: Case, backward: bool, rounds: int, min_run_time: float, device="cpu", dtype=torch.float32):
-    exact_fn, ref_name, ref_fn = OPS[case.op]
+def peak_alloc_bytes(fn) -> int:
+    """Peak of the bytes allocated and live at once during one call of fn (its outputs and
+    gradients included), from the profiler's allocation events; comparable across ops."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                    if e.name() == "[memory]")
+    live = peak = 0
+    for _, n in events:
+        live += n
+        peak = max(peak, live)
+    return peak
+
+
+def measure(case: Case, backward: bool, rounds: int, min_run_time: float, device="cpu", dtype=torch.float32,
+            memory=False):
+    exact_fn, ref_name, ref_fn, *extra = OPS[case.op]
+    # optional 4th item: {label: fn} further references (e.g. the dense conv of the same shape),
+    # timed in the same rounds and reported as ratio_vs_<label>
+    extra = extra[0] if extra else {}
     tensors = _make_inputs(case, device, dtype, backward)
     fns = {"ref": _callable(ref_fn, case, tensors, backward)}
     if case.approximate:
@@ -126,7 +148,8 @@ def measure(case: Case, backward: bool, rounds: int, min_run_time: float, device
         fns["exact"] = _callable(exact_fn, case, tensors, backward)
     else:
         fns["ours"] = _callable(exact_fn, case, tensors, backward)
-    ours = fns["ours"]
+    fns.update({label: _callable(fn, case, tensors, backward) for label, fn in extra.items()})
+    ours, ref = fns["ours"], fns["ref"]
     for fn in fns.values():
         fn()  # warm-up (allocator, oneDNN primitive cache)
     torch.ops.convops._workspace_peak_bytes(True)
@@ -157,23 +180,28 @@ def measure(case: Case, backward: bool, rounds: int, min_run_time: float, device
         row["approximate"] = True
         row["convops_exact_ms"] = round(statistics.median(times["exact"]), 4)
         row["ratio_vs_convops"] = round(statistics.median(o / e for o, e in zip(times["ours"], times["exact"])), 3)
+    for label in extra:
+        row[f"ratio_vs_{label}"] = round(statistics.median(o / r for o, r in zip(times["ours"], times[label])), 3)
+    if memory:
+        row["peak_mb"] = round(peak_alloc_bytes(ours) / 2**20, 2)
+        row["reference_peak_mb"] = round(peak_alloc_bytes(ref) / 2**20, 2)
     if case.bytes_moved and not backward:
         row["convops_gbps"] = round(case.bytes_moved / (ours_ms * 1e-3) / 1e9, 1)
     return row
 
 
-def run_suites(names, quick=False, passes=("fwd", "fwd+bwd"), log=print):
+def run_suites(names, quick=False, passes=("fwd", "fwd+bwd"), log=print, memory=False):
     rounds, min_time = (3, 0.05) if quick else (11, 0.1)
     rows = []
     for name in names:
         for case in SUITES[name]():
             for p in passes:
-                row = measure(case, p == "fwd+bwd", rounds, min_time)
+                row = measure(case, p == "fwd+bwd", rounds, min_time, memory=memory)
                 rows.append(row)
-                extra = f"  vs convops {row['ratio_vs_convops']:5.2f} (approximate)" if case.approximate else ""
                 log(f"  {row['suite']:<10} {row['case']:<34} {row['pass']:<8} convops {row['convops_ms']:9.3f} ms"
                     f"  ref {row['reference_ms']:9.3f} ms  ratio {row['ratio']:5.2f}  err {row['max_rel_err']:.1e}"
-                    + extra)
+                    + "".join(f"  {k} {v}" for k, v in row.items() if k.startswith("ratio_vs_") or k.endswith("peak_mb"))
+                    + (" (approximate)" if case.approximate else ""))
     return rows
 
 
@@ -189,16 +217,20 @@ def markdown(rows, info) -> str:
     approx = any(r.get("approximate") for r in rows)
     if approx:
         lines[0] += (" Approximate rows (≈ before the error): convops runs an approximation of the reference; "
-                     "the error is the approximation's, and 'vs convops' = its time / the exact convops op's.")
-        lines[2] += " vs convops |"
-        lines[3] += "---:|"
+                     "the error is the approximation's, and 'ratio vs convops' = its time / the exact convops op's.")
+    # optional columns: ratios to further references, measured peak memory (--memory)
+    extra = [k for k in dict.fromkeys(k for r in rows for k in r)
+             if k.startswith("ratio_vs_") or k in ("peak_mb", "reference_peak_mb")]
+    if extra:
+        lines[-2] += "".join(f" {k.replace('_', ' ')} |" for k in extra)
+        lines[-1] += "---:|" * len(extra)
     for r in rows:
         gbps = (f" {r['convops_gbps']:.1f} |" if "convops_gbps" in r else " |") \
             if any("convops_gbps" in x for x in rows) else ""
-        vs = (f" {r['ratio_vs_convops']:.2f} |" if "ratio_vs_convops" in r else " |") if approx else ""
         err = ("≈ " if r.get("approximate") else "") + f"{r['max_rel_err']:.1e}"
         lines.append(f"| {r['suite']} | {r['case']} | {r['pass']} | {r['convops_ms']:.2f} | {r['reference_ms']:.2f} | "
-                     f"{r['ratio']:.2f} | {err} | {r['workspace_peak_mb']:.1f} |" + gbps + vs)
+                     f"{r['ratio']:.2f} | {err} | {r['workspace_peak_mb']:.1f} |" + gbps
+                     + "".join(f" {r[k]} |" if k in r else " |" for k in extra))
     return "\n".join(lines)
 
 
@@ -210,6 +242,8 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="fewer, shorter rounds")
     parser.add_argument("--pass", dest="passes", action="append", choices=["fwd", "fwd+bwd"])
     parser.add_argument("--threads", type=int, help="torch.set_num_threads before running")
+    parser.add_argument("--memory", action="store_true",
+                        help="also measure the peak allocated MiB of one call of each (torch profiler)")
     parser.add_argument("--json", help="write the rows and machine info to this path")
     parser.add_argument("--markdown", help="write the Markdown table to this path")
     args = parser.parse_args(argv)
@@ -221,7 +255,7 @@ def main(argv=None):
     info = machine_info()
     print(f"convops bench: {info['cpu']}, {info['threads']} threads, torch {info['torch']}")
     start = time.time()
-    rows = run_suites(names, quick=args.quick, passes=tuple(args.passes or ("fwd", "fwd+bwd")))
+    rows = run_suites(names, quick=args.quick, passes=tuple(args.passes or ("fwd", "fwd+bwd")), memory=args.memory)
     tables = [markdown(rows, info)] if rows else []
     compile_rows = []
     if "compile" in suites:  # whole models: its own runner and table (see compile_suite.py)

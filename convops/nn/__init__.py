@@ -7,3 +7,6 @@ from .separable import DepthwiseSeparableConv2d, SpatiallySeparableConv2d  # noq
 
 __all__ += ["DepthwiseSeparableConv2d", "SpatiallySeparableConv2d"]
 # [deformable] modules
+from .deform import DeformConv2d, DeformConv2dPack, ModulatedDeformConv2dPack  # noqa: E402
+
+__all__ += ["DeformConv2d", "DeformConv2dPack", "ModulatedDeformConv2dPack"]

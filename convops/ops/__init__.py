@@ -9,7 +9,10 @@ from .depthwise import DepthwiseConv2dFunction, DepthwiseSeparableConv2dFunction
 # [separable]
 from .separable import SpatiallySeparableConv2dFunction
 # [deformable]
+from . import deform  # noqa: F401
+from .deform import DeformConv2dFunction
 
 __all__ = ["Conv2dFunction", "ConvTranspose2dFunction", "DepthwiseConv2dFunction",
            "DepthwiseSeparableConv2dFunction", "build_info"]
 __all__ += ["SpatiallySeparableConv2dFunction"]
+__all__ += ["DeformConv2dFunction"]

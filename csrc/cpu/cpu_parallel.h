@@ -2,6 +2,7 @@
 // parallel loop for work items that call GEMMs.
 #pragma once
 
+#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/ThreadLocalState.h>
 
