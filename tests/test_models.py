@@ -66,11 +66,11 @@ def test_built_only_from_convops_convs(name):
 
 @pytest.mark.parametrize("name, input_shape", [
     ("lenet5", (2, 1, 32, 32)),
-    ("resnet18", (2, 3, 64, 64)),
-    ("resnet34", (2, 3, 48, 48)),
-    ("resnet50", (2, 3, 64, 64)),
-    ("resnext50_32x4d", (2, 3, 48, 48)),
-    ("mobilenet_v2", (2, 3, 64, 64)),
+    ("resnet18", (2, 3, 40, 40)),
+    ("resnet34", (2, 3, 32, 32)),
+    ("resnet50", (2, 3, 32, 32)),
+    ("resnext50_32x4d", (2, 3, 32, 32)),
+    ("mobilenet_v2", (2, 3, 40, 40)),
 ])
 def test_forward_backward_shapes(name, input_shape):
     model = zoo.get_model(name, num_classes=7).train()
@@ -157,3 +157,30 @@ def test_load_torchvision_weights_reports_nothing_missing_for_dense():
     assert zoo.load_torchvision_weights(model, reference.state_dict()) == []
     with pytest.raises(RuntimeError, match="keys not in the model"):
         zoo.load_torchvision_weights(zoo.resnet18(num_classes=10), {**reference.state_dict(), "extra": torch.ones(1)})
+
+
+# ----------------------------------------------------------------------------- separable family
+# (the deformable family's conv_types and dcn_resnet50: tests/test_models_deform.py)
+
+def test_resnet18_separable_conv_type():
+    torch.manual_seed(0)
+    model = zoo.resnet18(num_classes=4, conv_type="separable")
+    blocks = [m for m in model.modules() if isinstance(m, zoo.resnet.BasicBlock)]
+    assert len(blocks) == 8
+    assert all(type(b.conv1) is type(b.conv2) is cnn.SpatiallySeparableConv2d for b in blocks)
+    assert type(model.conv1) is cnn.Conv2d  # the stem stays dense
+    x = torch.randn(2, 3, 32, 32, requires_grad=True)
+    out = model(x)
+    assert out.shape == (2, 4)
+    out.sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_separable_lenet_and_mobilenet():
+    lenet = zoo.lenet5(conv_type="separable")
+    assert [type(m) for m in lenet.features].count(cnn.SpatiallySeparableConv2d) == 2
+    assert lenet(torch.randn(2, 1, 32, 32)).shape == (2, 10)
+    mobilenet = zoo.mobilenet_v2(num_classes=3, conv_type="separable")
+    separable = [m for m in mobilenet.modules() if type(m) is cnn.SpatiallySeparableConv2d]
+    assert len(separable) == 17 and all(m.groups == m.in_channels for m in separable)
+    assert mobilenet(torch.randn(2, 3, 32, 32)).shape == (2, 3)

@@ -41,6 +41,14 @@ def checkpoint_weights(path, replica="convops"):
     return torch.load(path, weights_only=True)["replicas"][replica]["model"]
 
 
+@pytest.fixture(autouse=True)
+def _keep_thread_count():
+    """train() sets torch's thread count (to 1 here): give the other test files theirs back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 # ----------------------------------------------------------------------------- the CLI
 
 def test_cli_smoke_run_writes_metrics_plot_summary_and_checkpoint(tmp_path):
