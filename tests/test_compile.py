@@ -54,6 +54,26 @@ CASES = {
                       {CONV2D: 1}, {CONVT2D: 1, WGRAD: 1}),
 }
 
+# the other op families: their op is one forward node; the backward is made of convops ops only
+# (which ones is the family's choice, e.g. a fused op recomputes its intermediate)
+CASES.update({
+    "depthwise_conv2d": (lambda x, w, b: cF.depthwise_conv2d(x, w, b, stride=2, padding=1),
+                         lambda: [_randn(2, 4, 9, 8), _randn(8, 1, 3, 3), _randn(8)],
+                         {"convops::depthwise_conv2d": 1}, None),
+    "depthwise_separable_conv2d": (lambda x, dw, pw: cF.depthwise_separable_conv2d(x, dw, pw, padding=1),
+                                   lambda: [_randn(2, 4, 9, 8), _randn(4, 1, 3, 3), _randn(6, 4, 1, 1)],
+                                   {"convops::depthwise_separable_conv2d": 1}, None),
+    "spatially_separable_conv2d": (lambda x, wv, wh: cF.spatially_separable_conv2d(x, wv, wh, padding=1),
+                                   lambda: [_randn(2, 4, 9, 8), _randn(5, 4, 3, 1), _randn(6, 5, 1, 3)],
+                                   {"convops::spatially_separable_conv2d": 1}, None),
+    "deform_conv2d": (lambda x, off, w, m: cF.deform_conv2d(x, off, w, padding=(1, 1), mask=m),
+                      lambda: [_randn(2, 4, 7, 6), _randn(2, 18, 7, 6), _randn(6, 4, 3, 3),
+                               torch.rand(2, 9, 7, 6, requires_grad=True)],
+                      {"convops::deform_conv2d": 1}, None),
+})
+CASES = {name: case for name, case in CASES.items()
+         if all(hasattr(ops, op.split("::")[1]) for op in case[2])}
+
 
 class SmallNet(torch.nn.Module):
     """Every convops module kind, a padding mode that is not zeros and output_size=."""
@@ -185,7 +205,10 @@ def test_aot_autograd_forward_and_backward_graphs(name):
     _check_against_eager(fn, compiled, inputs)
     assert len(graphs["fw"]) == 1 and len(graphs["bw"]) == 1
     assert _convops_counts(graphs["fw"][0]) == fw_ops
-    assert _convops_counts(graphs["bw"][0]) == bw_ops
+    if bw_ops is None:
+        assert sum(_convops_counts(graphs["bw"][0]).values()) > 0
+    else:
+        assert _convops_counts(graphs["bw"][0]) == bw_ops
     _assert_no_torch_conv(graphs["fw"][0])
     _assert_no_torch_conv(graphs["bw"][0])
 
