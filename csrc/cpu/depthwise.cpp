@@ -465,6 +465,13 @@ CONVOPS_INLINE void forward_band_k(const DwCall<T>& a) {
   }
 }
 
+// Output columns [lo, hi) whose kernel taps all fall inside the input row: no bounds checks.
+std::pair<int64_t, int64_t> interior_columns(const Conv2dGeometry& g) {
+  const int64_t lo = std::min(g.out_w, ceil_div(g.pad_w, g.stride_w));
+  const int64_t last_in = g.in_w - 1 - (g.kernel_w - 1) * g.dilation_w + g.pad_w;
+  return {lo, std::max(lo, std::min(g.out_w, last_in < 0 ? 0 : last_in / g.stride_w + 1))};
+}
+
 // ---- channels_last drivers (m == 1): weights (taps, Cp) and bias (Cp), Cp = C rounded up to
 // whole vectors and zero-filled, so only the activations need partial loads.
 
@@ -484,10 +491,7 @@ CONVOPS_INLINE void forward_nhwc_k(const DwCall<T>& a) {
       Vec<T>* w = kTaps > 0 ? w_fixed : w_buf.data();
       for (int64_t t = 0; t < taps; ++t) w[t] = load(a.weight + t * Cp + c0);
       const Vec<T> bias = a.bias ? load(a.bias + c0) : Vec<T>{};
-      // Output columns whose taps all fall inside the row: no bounds checks there.
-      const int64_t ow_lo = std::min(g.out_w, ceil_div(g.pad_w, g.stride_w));
-      const int64_t last_in = g.in_w - 1 - (g.kernel_w - 1) * g.dilation_w + g.pad_w;
-      const int64_t ow_hi = std::max(ow_lo, std::min(g.out_w, last_in < 0 ? 0 : last_in / g.stride_w + 1));
+      const auto [ow_lo, ow_hi] = interior_columns(g);
       auto border = [&](int64_t ow) {
         Vec<T> acc = bias;
         for (int64_t ki = 0; ki < g.kernel_h; ++ki) {
@@ -582,9 +586,11 @@ CONVOPS_INLINE void weight_grad_nhwc_k(const DwCall<T>& a) {
     Vec<T> acc_fixed[kTaps > 0 ? kTaps : 1];
     Vec<T>* acc = kTaps > 0 ? acc_fixed : acc_buf.data();
     for (int64_t t = 0; t < taps; ++t) acc[t] = Vec<T>{};
+    const auto [ow_lo, ow_hi] = interior_columns(g);
     for (int64_t oh = 0; oh < g.out_h; ++oh) {
-      for (int64_t ow = 0; ow < g.out_w; ++ow) {
-        const Vec<T> d = load_n(a.src2 + ((n * g.out_h + oh) * g.out_w + ow) * C + c0, lanes);
+      const T* grad_row = a.src2 + (n * g.out_h + oh) * g.out_w * C + c0;
+      auto border = [&](int64_t ow) {
+        const Vec<T> d = load_n(grad_row + ow * C, lanes);
         for (int64_t ki = 0; ki < g.kernel_h; ++ki) {
           const int64_t ih = oh * g.stride_h - g.pad_h + ki * g.dilation_h;
           if (ih < 0 || ih >= g.in_h) continue;
@@ -595,7 +601,23 @@ CONVOPS_INLINE void weight_grad_nhwc_k(const DwCall<T>& a) {
             acc[ki * g.kernel_w + kj] += d * load_n(src + iw * C, lanes);
           }
         }
+      };
+      for (int64_t ow = 0; ow < ow_lo; ++ow) border(ow);
+      int64_t ow = ow_lo;
+      if (lanes == V) {
+        for (; ow < ow_hi; ++ow) {
+          const Vec<T> d = load(grad_row + ow * C);
+          for (int64_t ki = 0; ki < g.kernel_h; ++ki) {
+            const int64_t ih = oh * g.stride_h - g.pad_h + ki * g.dilation_h;
+            if (ih < 0 || ih >= g.in_h) continue;
+            const T* src = a.src + ((n * g.in_h + ih) * g.in_w + ow * g.stride_w - g.pad_w) * C + c0;
+            for (int64_t kj = 0; kj < g.kernel_w; ++kj) {
+              acc[ki * g.kernel_w + kj] += d * load(src + kj * g.dilation_w * C);
+            }
+          }
+        }
       }
+      for (; ow < g.out_w; ++ow) border(ow);
     }
     for (int64_t t = 0; t < taps; ++t) store(a.dst + (n * taps + t) * Cp + c0, acc[t]);
   }
