@@ -22,6 +22,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "../common/conv_gemm.h"
@@ -60,6 +61,20 @@ template <typename T>
 CONVOPS_INLINE void store(T* p, const Vec<T>& v) {
   __builtin_memcpy(p, &v, sizeof v);
 }
+// Lane numbers 0, 1, ... as an integer vector of the same shape, for lane masks.
+template <typename T>
+using LaneInt = std::conditional_t<sizeof(T) == 4, int32_t, int64_t>;
+typedef int32_t VecI32 __attribute__((vector_size(64)));
+typedef int64_t VecI64 __attribute__((vector_size(64)));
+template <typename T>
+CONVOPS_INLINE auto lane_index() {
+  if constexpr (sizeof(T) == 4) {
+    return VecI32{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+  } else {
+    return VecI64{0, 1, 2, 3, 4, 5, 6, 7};
+  }
+}
+
 // Partial vectors go through a small array: subscripting a vector (v[i]) would make GCC keep
 // it, and every accumulator it meets, in memory.
 // The first n lanes from p, zeros in the others.
@@ -230,9 +245,11 @@ CONVOPS_INLINE void unpad_plane(const T* buf, T* plane, const Conv2dGeometry& g,
       for (int64_t iw = 0; iw < g.in_w; ++iw) dst[iw] = src[iw + g.pad_w] + bias;
       continue;
     }
-    for (int64_t iw = 0; iw < g.in_w; ++iw) {
-      const int64_t q = iw + g.pad_w;
-      dst[iw] = src[(q % p.phases) * p.width + q / p.phases] + bias;
+    for (int64_t ph = 0; ph < p.phases; ++ph) {
+      // Columns iw with (iw + pad_w) % phases == ph, element (iw + pad_w) / phases of phase ph.
+      const int64_t first = ((ph - g.pad_w) % p.phases + p.phases) % p.phases;
+      const T* from = src + ph * p.width + (first + g.pad_w) / p.phases;
+      for (int64_t iw = first, i = 0; iw < g.in_w; iw += p.phases, ++i) dst[iw] = from[i] + bias;
     }
   }
 }
@@ -362,10 +379,13 @@ CONVOPS_INLINE void weight_grad_rows(const T* buf, const DwCall<T>& a, const T* 
       const Vec<T> d = load(src + ow);
       for (int64_t t = 0; t < taps; ++t) acc[t] += d * load(base + off[t] + ow);
     }
-    if (ow < g.out_w) {  // zero lanes in both operands: padding never meets a non-finite input
+    if (ow < g.out_w) {
+      // Lanes past the row are masked out of the input too: a non-finite input there must
+      // not turn 0 * x into NaN.
       const int64_t n = g.out_w - ow;
       const Vec<T> d = load_partial(src + ow, n);
-      for (int64_t t = 0; t < taps; ++t) acc[t] += d * load_partial(base + off[t] + ow, n);
+      const auto keep = lane_index<T>() < static_cast<LaneInt<T>>(n);
+      for (int64_t t = 0; t < taps; ++t) acc[t] += d * (keep ? load(base + off[t] + ow) : Vec<T>{});
     }
   }
 }
@@ -445,6 +465,13 @@ CONVOPS_INLINE void forward_band_k(const DwCall<T>& a) {
   }
 }
 
+// Output columns [lo, hi) whose kernel taps all fall inside the input row: no bounds checks.
+std::pair<int64_t, int64_t> interior_columns(const Conv2dGeometry& g) {
+  const int64_t lo = std::min(g.out_w, ceil_div(g.pad_w, g.stride_w));
+  const int64_t last_in = g.in_w - 1 - (g.kernel_w - 1) * g.dilation_w + g.pad_w;
+  return {lo, std::max(lo, std::min(g.out_w, last_in < 0 ? 0 : last_in / g.stride_w + 1))};
+}
+
 // ---- channels_last drivers (m == 1): weights (taps, Cp) and bias (Cp), Cp = C rounded up to
 // whole vectors and zero-filled, so only the activations need partial loads.
 
@@ -464,10 +491,7 @@ CONVOPS_INLINE void forward_nhwc_k(const DwCall<T>& a) {
       Vec<T>* w = kTaps > 0 ? w_fixed : w_buf.data();
       for (int64_t t = 0; t < taps; ++t) w[t] = load(a.weight + t * Cp + c0);
       const Vec<T> bias = a.bias ? load(a.bias + c0) : Vec<T>{};
-      // Output columns whose taps all fall inside the row: no bounds checks there.
-      const int64_t ow_lo = std::min(g.out_w, ceil_div(g.pad_w, g.stride_w));
-      const int64_t last_in = g.in_w - 1 - (g.kernel_w - 1) * g.dilation_w + g.pad_w;
-      const int64_t ow_hi = std::max(ow_lo, std::min(g.out_w, last_in < 0 ? 0 : last_in / g.stride_w + 1));
+      const auto [ow_lo, ow_hi] = interior_columns(g);
       auto border = [&](int64_t ow) {
         Vec<T> acc = bias;
         for (int64_t ki = 0; ki < g.kernel_h; ++ki) {
@@ -562,9 +586,11 @@ CONVOPS_INLINE void weight_grad_nhwc_k(const DwCall<T>& a) {
     Vec<T> acc_fixed[kTaps > 0 ? kTaps : 1];
     Vec<T>* acc = kTaps > 0 ? acc_fixed : acc_buf.data();
     for (int64_t t = 0; t < taps; ++t) acc[t] = Vec<T>{};
+    const auto [ow_lo, ow_hi] = interior_columns(g);
     for (int64_t oh = 0; oh < g.out_h; ++oh) {
-      for (int64_t ow = 0; ow < g.out_w; ++ow) {
-        const Vec<T> d = load_n(a.src2 + ((n * g.out_h + oh) * g.out_w + ow) * C + c0, lanes);
+      const T* grad_row = a.src2 + (n * g.out_h + oh) * g.out_w * C + c0;
+      auto border = [&](int64_t ow) {
+        const Vec<T> d = load_n(grad_row + ow * C, lanes);
         for (int64_t ki = 0; ki < g.kernel_h; ++ki) {
           const int64_t ih = oh * g.stride_h - g.pad_h + ki * g.dilation_h;
           if (ih < 0 || ih >= g.in_h) continue;
@@ -575,7 +601,23 @@ CONVOPS_INLINE void weight_grad_nhwc_k(const DwCall<T>& a) {
             acc[ki * g.kernel_w + kj] += d * load_n(src + iw * C, lanes);
           }
         }
+      };
+      for (int64_t ow = 0; ow < ow_lo; ++ow) border(ow);
+      int64_t ow = ow_lo;
+      if (lanes == V) {
+        for (; ow < ow_hi; ++ow) {
+          const Vec<T> d = load(grad_row + ow * C);
+          for (int64_t ki = 0; ki < g.kernel_h; ++ki) {
+            const int64_t ih = oh * g.stride_h - g.pad_h + ki * g.dilation_h;
+            if (ih < 0 || ih >= g.in_h) continue;
+            const T* src = a.src + ((n * g.in_h + ih) * g.in_w + ow * g.stride_w - g.pad_w) * C + c0;
+            for (int64_t kj = 0; kj < g.kernel_w; ++kj) {
+              acc[ki * g.kernel_w + kj] += d * load(src + kj * g.dilation_w * C);
+            }
+          }
+        }
       }
+      for (; ow < g.out_w; ++ow) border(ow);
     }
     for (int64_t t = 0; t < taps; ++t) store(a.dst + (n * taps + t) * Cp + c0, acc[t]);
   }
@@ -881,9 +923,34 @@ at::Tensor depthwise_forward(const at::Tensor& input, const at::Tensor& weight,
       .contiguous(conv_output_format(input, weight));
 }
 
+// With stride 1 and one output channel per input channel, the input gradient is itself a
+// depthwise conv of grad_output: flipped kernel, padding d*(k-1) - p. Returns its geometry, or
+// nothing when that does not hold (strides, m > 1, p > d*(k-1), extra output_padding rows).
+c10::optional<Conv2dGeometry> input_grad_as_forward(const Conv2dGeometry& g) {
+  if (g.stride_h != 1 || g.stride_w != 1 || g.out_channels != g.in_channels) return c10::nullopt;
+  Conv2dGeometry f = g;
+  f.pad_h = g.dilation_h * (g.kernel_h - 1) - g.pad_h;
+  f.pad_w = g.dilation_w * (g.kernel_w - 1) - g.pad_w;
+  f.in_h = g.out_h;
+  f.in_w = g.out_w;
+  f.out_h = g.in_h;
+  f.out_w = g.in_w;
+  if (f.pad_h < 0 || f.pad_w < 0 ||
+      conv_out_size(f.in_h, f.kernel_h, 1, f.pad_h, f.dilation_h) != f.out_h ||
+      conv_out_size(f.in_w, f.kernel_w, 1, f.pad_w, f.dilation_w) != f.out_w) {
+    return c10::nullopt;
+  }
+  return f;
+}
+
 at::Tensor depthwise_input_grad(const at::Tensor& grad_output, const at::Tensor& weight,
                                 const c10::optional<at::Tensor>& bias, const Conv2dGeometry& g) {
   if (!claims(g)) return {};
+  if (const auto f = input_grad_as_forward(g)) {
+    return forward_compute(grad_output, weight.flip({2, 3}), bias, *f)
+        .to(grad_output.scalar_type())
+        .contiguous(conv_output_format(grad_output, weight));
+  }
   return input_grad_compute(grad_output, weight, bias, g)
       .to(grad_output.scalar_type())
       .contiguous(conv_output_format(grad_output, weight));
