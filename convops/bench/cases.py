@@ -110,13 +110,14 @@ def _depthwise(batch=8):
 
 def _grouped(batch=8):
     """ResNeXt-50 32x4d 3x3 layers: 4 and 8 channels per group, where oneDNN is weakest."""
-    def c(name, ch, hw, groups=32, **kw):
+    def c(name, ch, hw, groups=32, channels_last=False, **kw):
         return Case("grouped", name, "conv2d", (batch, ch, hw, hw), (ch, ch // groups, 3, 3),
-                    dict(padding=1, groups=groups, **kw))
+                    dict(padding=1, groups=groups, **kw), channels_last=channels_last)
     return [
         c("resnext 3x3 128->128 g32 @56", 128, 56),
         c("resnext 3x3 256->256 g32 @28", 256, 28),
         c("resnext 3x3 s2 256->256 g32 @56", 256, 56, stride=2),
+        c("resnext 3x3 128->128 g32 @56 CL", 128, 56, channels_last=True),
     ]
 
 
