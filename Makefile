@@ -23,8 +23,11 @@ $(VENV)/.built: $(VENV)/.requirements $(SOURCES)
 
 build: $(VENV)/.built
 
+# The main job: LeNet-5 on convops convs trained on scikit-learn's bundled digits, next to the
+# same model on torch's convs (same init, same batches); prints the test accuracy and the parity
+# and writes runs/lenet5-digits/{metrics.jsonl,summary.json,curves.png}.
 run: build
-	$(VPY) -m convops.bench --quick
+	$(VPY) -m convops.train --model lenet5 --dataset digits --compare-torch
 
 test: build
 	$(VPY) -m pytest -q tests

@@ -8,12 +8,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .ops import Conv2dFunction, ConvTranspose2dFunction
+from .ops import (Conv2dFunction, ConvTranspose2dFunction, DepthwiseConv2dFunction,
+                  DepthwiseSeparableConv2dFunction, SpatiallySeparableConv2dFunction)
 from .ops import DeformConv2dFunction  # [deformable]
 
 __all__ = ["conv1d", "conv2d", "conv_transpose1d", "conv_transpose2d", "depthwise_conv2d",
            "depthwise_separable_conv2d", "PaddingStringError"]
 # [separable] __all__ += [...]
+__all__ += ["spatially_separable_conv2d"]
 __all__ += ["deform_conv2d"]  # [deformable]
 
 IntOrSeq = Union[int, Sequence[int]]
@@ -81,7 +83,22 @@ def _resolve_padding_string(input: Tensor, weight: Tensor, padding: str, stride:
     return input, left
 
 
+def _autocast(input: Tensor, weight: Tensor, bias: Optional[Tensor]):
+    """Under torch.autocast, convolutions run in the autocast dtype like torch's (conv is on
+    autocast's lower-precision list): floating inputs other than float64 are cast, in the graph,
+    so the float32 parameters get float32 gradients."""
+    device = input.device.type
+    if not torch.is_autocast_enabled(device):
+        return input, weight, bias
+    dtype = torch.get_autocast_dtype(device)
+
+    def cast(t):
+        return t if t is None or not t.is_floating_point() or t.dtype == torch.float64 else t.to(dtype)
+    return cast(input), cast(weight), cast(bias)
+
+
 def _conv(input, weight, bias, stride, padding, dilation, groups, spatial, name):
+    input, weight, bias = _autocast(input, weight, bias)
     input, batched = _as_batched(input, weight, spatial, name)
     stride = _expand(stride, spatial, "stride")
     dilation = _expand(dilation, spatial, "dilation")
@@ -110,6 +127,7 @@ def conv1d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride:
 
 
 def _conv_transpose(input, weight, bias, stride, padding, output_padding, groups, dilation, spatial, name):
+    input, weight, bias = _autocast(input, weight, bias)
     input, batched = _as_batched(input, weight, spatial, name)
     stride = _expand(stride, spatial, "stride")
     padding = _expand(padding, spatial, "padding")
@@ -143,23 +161,70 @@ def conv_transpose1d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = Non
 
 # ----------------------------------------------------------------------------- [depthwise / grouped]
 
+def _depthwise_args(input, weight, stride, padding, dilation, name):
+    """Like torch: batch dim added to an unbatched input, int-or-pair arguments expanded,
+    'same'/'valid' resolved (the odd extra of an even kernel as an explicit zero pad)."""
+    input, batched = _as_batched(input, weight, 2, name)
+    stride = _expand(stride, 2, "stride")
+    dilation = _expand(dilation, 2, "dilation")
+    if isinstance(padding, str):
+        input, padding = _resolve_padding_string(input, weight, padding, stride, dilation, 2)
+    else:
+        padding = _expand(padding, 2, "padding")
+    return input, batched, stride, padding, dilation
+
+
 def depthwise_conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride: IntOrSeq = 1,
                      padding: Union[IntOrSeq, str] = 0, dilation: IntOrSeq = 1) -> Tensor:
     """`F.conv2d(input, weight, bias, stride, padding, dilation, groups=C)` with weight (C*m, 1, kh, kw)."""
-    return conv2d(input, weight, bias, stride, padding, dilation, groups=input.shape[-3])
+    input, batched, stride, padding, dilation = _depthwise_args(input, weight, stride, padding, dilation,
+                                                                "conv2d")
+    out = DepthwiseConv2dFunction.apply(input, weight, bias, stride, padding, dilation)
+    return out if batched else out.squeeze(0)
 
 
 def depthwise_separable_conv2d(input: Tensor, depthwise_weight: Tensor, pointwise_weight: Tensor,
                                depthwise_bias: Optional[Tensor] = None,
                                pointwise_bias: Optional[Tensor] = None, stride: IntOrSeq = 1,
                                padding: Union[IntOrSeq, str] = 0, dilation: IntOrSeq = 1) -> Tensor:
-    """A depthwise conv then a 1x1 conv: `F.conv2d(F.conv2d(x, dw, db, stride, padding, dilation,
-    groups=C), pw, pb)`."""
-    mid = depthwise_conv2d(input, depthwise_weight, depthwise_bias, stride, padding, dilation)
-    return conv2d(mid, pointwise_weight, pointwise_bias)
+    """A depthwise conv then a 1x1 conv, fused: `F.conv2d(F.conv2d(x, dw, db, stride, padding,
+    dilation, groups=C), pw, pb)` without materialising the depthwise output."""
+    input, batched, stride, padding, dilation = _depthwise_args(input, depthwise_weight, stride, padding,
+                                                                dilation, "conv2d")
+    out = DepthwiseSeparableConv2dFunction.apply(input, depthwise_weight, pointwise_weight, depthwise_bias,
+                                                 pointwise_bias, stride, padding, dilation)
+    return out if batched else out.squeeze(0)
 
 
 # ----------------------------------------------------------------------------- [separable]
+
+class _KernelShape:
+    """Stands in for a weight where only its (.., kh, kw) shape is read (padding='same')."""
+
+    def __init__(self, kernel_size):
+        self.shape = (1, 1, *kernel_size)
+
+
+def spatially_separable_conv2d(input: Tensor, weight_v: Tensor, weight_h: Tensor,
+                               bias: Optional[Tensor] = None, stride: IntOrSeq = 1,
+                               padding: Union[IntOrSeq, str] = 0, dilation: IntOrSeq = 1,
+                               groups: int = 1) -> Tensor:
+    """A kh x 1 conv then a 1 x kw conv, with the (height, width) hyper-parameters split between
+    them: `F.conv2d(F.conv2d(x, weight_v, None, (sh, 1), (ph, 0), (dh, 1), groups), weight_h,
+    bias, (1, sw), (0, pw), (1, dw), groups)`; weight_v (Cmid, Cin/g, kh, 1), weight_h
+    (Cout, Cmid/g, 1, kw). Unbatched 3-D input and padding='same'/'valid' as in `conv2d`."""
+    input, batched = _as_batched(input, weight_v, 2, "spatially_separable_conv2d")
+    stride = _expand(stride, 2, "stride")
+    dilation = _expand(dilation, 2, "dilation")
+    if isinstance(padding, str):
+        kernel = _KernelShape((weight_v.shape[2], weight_h.shape[-1]))
+        input, padding = _resolve_padding_string(input, kernel, padding, stride, dilation, 2)
+    else:
+        padding = _expand(padding, 2, "padding")
+    out = SpatiallySeparableConv2dFunction.apply(input, weight_v, weight_h, bias, stride, padding,
+                                                 dilation, groups)
+    return out if batched else out.squeeze(0)
+
 
 
 # ----------------------------------------------------------------------------- [deformable]

@@ -7,6 +7,7 @@
 
 #include "common/build_info.h"
 #include "common/conv_gemm.h"
+#include "cpu/direct_kernels.h"
 
 namespace convops {
 
@@ -47,8 +48,26 @@ TORCH_LIBRARY(convops, m) {
       "conv2d_weight_grad(Tensor grad_output, Tensor input, SymInt[2] kernel_size, "
       "int[2] stride, int[2] padding, int[2] dilation, int groups) -> Tensor");
   // [depthwise / grouped] (csrc/cpu/depthwise.cpp)
+  // F.conv2d with groups = input channels; weight (C*m, 1, kh, kw).
+  m.def(
+      "depthwise_conv2d(Tensor input, Tensor weight, Tensor? bias, int[2] stride, "
+      "int[2] padding, int[2] dilation) -> Tensor");
+  // depthwise conv then 1x1 conv (pointwise_weight (O, C*m, 1, 1)), fused: the depthwise output
+  // is never materialised in full.
+  m.def(
+      "depthwise_separable_conv2d(Tensor input, Tensor depthwise_weight, Tensor pointwise_weight, "
+      "Tensor? depthwise_bias, Tensor? pointwise_bias, int[2] stride, int[2] padding, "
+      "int[2] dilation) -> Tensor");
+  // Calls claimed by the grouped kernel (csrc/cpu/grouped_conv2d.cpp) since the last reset.
+  m.def("_grouped_kernel_calls(bool reset=False) -> int", &cpu::grouped_kernel_calls_count);
 
   // [separable] (csrc/cpu/separable.cpp)
+  // conv2d(conv2d(input, weight_v (Cmid, Cin/g, kh, 1)), weight_h (Cout, Cmid/g, 1, kw)) + bias:
+  // the vertical pass has stride/padding/dilation (sh, 1), (ph, 0), (dh, 1), the horizontal one
+  // (1, sw), (0, pw), (1, dw). One kernel for every backend (CompositeExplicitAutograd).
+  m.def(
+      "spatially_separable_conv2d(Tensor input, Tensor weight_v, Tensor weight_h, Tensor? bias, "
+      "int[2] stride, int[2] padding, int[2] dilation, int groups) -> Tensor");
 
   // [deformable] (csrc/cpu/deform_conv2d.cpp)
   // torchvision.ops.deform_conv2d's op (its argument order; groups and offset_groups explicit,

@@ -1,6 +1,12 @@
 """Runner: for each case, convops and the reference are timed alternately (interleaved rounds,
 torch.utils.benchmark), each round's median kept, and the median over rounds reported. Parity
-of the outputs (and of the gradients in the fwd+bwd pass) is checked on the same tensors."""
+of the outputs (and of the gradients in the fwd+bwd pass) is checked on the same tensors.
+
+Approximate cases (Case.approximate, e.g. a low-rank separable pair standing in for a dense
+conv): convops runs the approximation on prepared operands, the exact convops op is timed in the
+same rounds too (row fields convops_exact_ms and ratio_vs_convops = approximation / exact
+convops), and max_rel_err (output and input gradient) is the approximation error, reported
+with approximate=True and never counted as a parity failure."""
 from __future__ import annotations
 
 import argparse
@@ -56,13 +62,19 @@ def _make_inputs(case: Case, device, dtype, requires_grad):
         if init == "none":
             made.append(None)
             continue
-        kind, _, scale = init.partition("*")  # "randn*0.5": a scaled init
-        t = torch.rand(shape, generator=g) if kind == "uniform" else torch.randn(shape, generator=g)
-        if kind == "weight":
-            t = t * 0.05
-        if scale:
-            t = t * float(scale)
-        made.append(t.to(device, dtype).requires_grad_(requires_grad))
+        if callable(init):
+            t = init(shape, g)
+        else:
+            kind, _, scale = init.partition("*")  # "randn*0.5": a scaled init
+            t = torch.rand(shape, generator=g) if kind == "uniform" else torch.randn(shape, generator=g)
+            if kind == "weight":
+                t = t * 0.05
+            if scale:
+                t = t * float(scale)
+        t = t.to(device, dtype)
+        if case.channels_last and t.dim() == 4:
+            t = t.contiguous(memory_format=torch.channels_last)
+        made.append(t.requires_grad_(requires_grad))
     return made
 
 
@@ -87,16 +99,20 @@ def _callable(fn, case, tensors, backward):
 
 
 def _parity(case, ours, ref, tensors, backward) -> float:
-    """Largest |ours - ref| relative to max|ref|, over the output and (fwd+bwd) the gradients."""
-    def run(fn):
+    """Largest |ours - ref| relative to max|ref|, over the output and (fwd+bwd) the gradients
+    (of an approximate case: the input's only, the other operands differ)."""
+    approx = case.approximate
+
+    def run(fn, prepare=None):
         xs = [None if t is None else t.detach().clone().requires_grad_(backward) for t in tensors]
-        out = fn(*xs, **case.kwargs)
+        out = fn(*(prepare(*xs) if prepare else xs), **case.kwargs)
         if not backward:
             return [out.detach()]
         gy = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(out)
-        return [out.detach()] + list(torch.autograd.grad(out, [t for t in xs if t is not None], gy))
+        wrt = xs[:1] if approx else [t for t in xs if t is not None]
+        return [out.detach()] + list(torch.autograd.grad(out, wrt, gy))
     worst = 0.0
-    for a, r in zip(run(ours), run(ref)):
+    for a, r in zip(run(ours, approx.prepare if approx else None), run(ref)):
         scale = r.abs().max().item() or 1.0
         worst = max(worst, (a.double() - r.double()).abs().max().item() / scale)
     return worst
@@ -119,27 +135,33 @@ def peak_alloc_bytes(fn) -> int:
 
 def measure(case: Case, backward: bool, rounds: int, min_run_time: float, device="cpu", dtype=torch.float32,
             memory=False):
-    ours_fn, ref_name, ref_fn, *extra = OPS[case.op]
+    exact_fn, ref_name, ref_fn, *extra = OPS[case.op]
     # optional 4th item: {label: fn} further references (e.g. the dense conv of the same shape),
     # timed in the same rounds and reported as ratio_vs_<label>
     extra = extra[0] if extra else {}
     tensors = _make_inputs(case, device, dtype, backward)
-    ours = _callable(ours_fn, case, tensors, backward)
-    ref = _callable(ref_fn, case, tensors, backward)
-    others = {label: _callable(fn, case, tensors, backward) for label, fn in extra.items()}
-    ours(), ref()  # warm-up (allocator, oneDNN primitive cache)
+    fns = {"ref": _callable(ref_fn, case, tensors, backward)}
+    if case.approximate:
+        prepared = [None if t is None else t.detach().requires_grad_(backward)
+                    for t in case.approximate.prepare(*tensors)]
+        fns["ours"] = _callable(case.approximate.fn, case, prepared, backward)
+        fns["exact"] = _callable(exact_fn, case, tensors, backward)
+    else:
+        fns["ours"] = _callable(exact_fn, case, tensors, backward)
+    fns.update({label: _callable(fn, case, tensors, backward) for label, fn in extra.items()})
+    ours, ref = fns["ours"], fns["ref"]
+    for fn in fns.values():
+        fn()  # warm-up (allocator, oneDNN primitive cache)
     torch.ops.convops._workspace_peak_bytes(True)
     ours()
     workspace = torch.ops.convops._workspace_peak_bytes(True)
-    for fn in others.values():
-        fn()
-    times = {"ours": [], "ref": [], **{label: [] for label in others}}
+    times = {key: [] for key in fns}
+    keys = list(fns)
     for i in range(rounds):
-        # Alternate which goes first, and pair each round's two medians: the VM's speed drifts
-        # over seconds, so only measurements taken back to back are compared.
-        order = (("ours", ours), ("ref", ref)) if i % 2 == 0 else (("ref", ref), ("ours", ours))
-        for key, fn in order + tuple(others.items()):
-            t = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+        # Rotate which goes first, and pair each round's medians: the VM's speed drifts over
+        # seconds, so only measurements taken back to back are compared.
+        for key in keys[i % len(keys):] + keys[:i % len(keys)]:
+            t = benchmark.Timer(stmt="fn()", globals={"fn": fns[key]}, num_threads=torch.get_num_threads())
             times[key].append(t.blocked_autorange(min_run_time=min_run_time).median * 1e3)
     ratio = statistics.median(o / r for o, r in zip(times["ours"], times["ref"]))
     ours_ms, ref_ms = statistics.median(times["ours"]), statistics.median(times["ref"])
@@ -149,11 +171,16 @@ def measure(case: Case, backward: bool, rounds: int, min_run_time: float, device
         "pass": "fwd+bwd" if backward else "fwd",
         "convops_ms": round(ours_ms, 4), "reference": ref_name, "reference_ms": round(ref_ms, 4),
         "ratio": round(ratio, 3),
-        "max_rel_err": _parity(case, ours_fn, ref_fn, tensors, backward),
+        "max_rel_err": _parity(case, case.approximate.fn if case.approximate else exact_fn, ref_fn, tensors,
+                               backward),
         "workspace_peak_mb": round(workspace / 2**20, 2),
         "rounds": rounds,
     }
-    for label in others:
+    if case.approximate:
+        row["approximate"] = True
+        row["convops_exact_ms"] = round(statistics.median(times["exact"]), 4)
+        row["ratio_vs_convops"] = round(statistics.median(o / e for o, e in zip(times["ours"], times["exact"])), 3)
+    for label in extra:
         row[f"ratio_vs_{label}"] = round(statistics.median(o / r for o, r in zip(times["ours"], times[label])), 3)
     if memory:
         row["peak_mb"] = round(peak_alloc_bytes(ours) / 2**20, 2)
@@ -173,7 +200,8 @@ def run_suites(names, quick=False, passes=("fwd", "fwd+bwd"), log=print, memory=
                 rows.append(row)
                 log(f"  {row['suite']:<10} {row['case']:<34} {row['pass']:<8} convops {row['convops_ms']:9.3f} ms"
                     f"  ref {row['reference_ms']:9.3f} ms  ratio {row['ratio']:5.2f}  err {row['max_rel_err']:.1e}"
-                    + "".join(f"  {k} {v}" for k, v in row.items() if k.startswith("ratio_vs_") or k.endswith("peak_mb")))
+                    + "".join(f"  {k} {v}" for k, v in row.items() if k.startswith("ratio_vs_") or k.endswith("peak_mb"))
+                    + (" (approximate)" if case.approximate else ""))
     return rows
 
 
@@ -186,6 +214,10 @@ def markdown(rows, info) -> str:
              "| suite | case | pass | convops ms | reference ms | ratio | max rel err | workspace MiB |"
              + (" convops GB/s |" if any("convops_gbps" in r for r in rows) else ""),
              "|---|---|---|---:|---:|---:|---:|---:|" + ("---:|" if any("convops_gbps" in r for r in rows) else "")]
+    approx = any(r.get("approximate") for r in rows)
+    if approx:
+        lines[0] += (" Approximate rows (≈ before the error): convops runs an approximation of the reference; "
+                     "the error is the approximation's, and 'ratio vs convops' = its time / the exact convops op's.")
     # optional columns: ratios to further references, measured peak memory (--memory)
     extra = [k for k in dict.fromkeys(k for r in rows for k in r)
              if k.startswith("ratio_vs_") or k in ("peak_mb", "reference_peak_mb")]
@@ -195,16 +227,18 @@ def markdown(rows, info) -> str:
     for r in rows:
         gbps = (f" {r['convops_gbps']:.1f} |" if "convops_gbps" in r else " |") \
             if any("convops_gbps" in x for x in rows) else ""
+        err = ("≈ " if r.get("approximate") else "") + f"{r['max_rel_err']:.1e}"
         lines.append(f"| {r['suite']} | {r['case']} | {r['pass']} | {r['convops_ms']:.2f} | {r['reference_ms']:.2f} | "
-                     f"{r['ratio']:.2f} | {r['max_rel_err']:.1e} | {r['workspace_peak_mb']:.1f} |" + gbps
+                     f"{r['ratio']:.2f} | {err} | {r['workspace_peak_mb']:.1f} |" + gbps
                      + "".join(f" {r[k]} |" if k in r else " |" for k in extra))
     return "\n".join(lines)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m convops.bench", description=__doc__)
-    parser.add_argument("--suite", action="append", choices=sorted(SUITES) + ["all"],
-                        help="suite to run (repeatable; default: all)")
+    parser.add_argument("--suite", action="append", choices=sorted(SUITES) + ["all", "compile"],
+                        help="suite to run (repeatable; default: all). 'compile' (whole models, eager vs "
+                             "torch.compile; minutes) is not part of 'all'")
     parser.add_argument("--quick", action="store_true", help="fewer, shorter rounds")
     parser.add_argument("--pass", dest="passes", action="append", choices=["fwd", "fwd+bwd"])
     parser.add_argument("--threads", type=int, help="torch.set_num_threads before running")
@@ -216,21 +250,28 @@ def main(argv=None):
     _ensure_malloc_env()
     if args.threads:
         torch.set_num_threads(args.threads)
-    names = sorted(SUITES) if not args.suite or "all" in args.suite else args.suite
+    suites = args.suite or ["all"]
+    names = sorted(SUITES) if "all" in suites else [s for s in suites if s != "compile"]
     info = machine_info()
     print(f"convops bench: {info['cpu']}, {info['threads']} threads, torch {info['torch']}")
     start = time.time()
     rows = run_suites(names, quick=args.quick, passes=tuple(args.passes or ("fwd", "fwd+bwd")), memory=args.memory)
-    table = markdown(rows, info)
+    tables = [markdown(rows, info)] if rows else []
+    compile_rows = []
+    if "compile" in suites:  # whole models: its own runner and table (see compile_suite.py)
+        from . import compile_suite
+        compile_rows = compile_suite.run(quick=args.quick)
+        tables.append(compile_suite.markdown(compile_rows, info))
+    table = "\n\n".join(tables)
     print("\n" + table)
     print(f"\n({time.time() - start:.0f} s)")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"machine": info, "rows": rows}, f, indent=1)
+            json.dump({"machine": info, "rows": rows, "compile_rows": compile_rows}, f, indent=1)
     if args.markdown:
         with open(args.markdown, "w") as f:
             f.write(table + "\n")
-    bad = [r for r in rows if r["max_rel_err"] > 1e-3]
+    bad = [r for r in rows + compile_rows if r["max_rel_err"] > 1e-3 and not r.get("approximate")]
     if bad:
         print(f"PARITY FAILURE in {len(bad)} rows", file=sys.stderr)
         return 1

@@ -264,4 +264,37 @@ inline Conv2dGeometry conv2d_weight_geometry(const at::Tensor& grad_output,
   return g;
 }
 
+// depthwise_conv2d: input (N, C, H, W), weight (C*m, 1, kh, kw); F.conv2d with groups=C, so
+// every other check (and its message) is conv2d's with groups = C.
+inline Conv2dGeometry depthwise_conv2d_geometry(const at::Tensor& input, const at::Tensor& weight,
+                                                const c10::optional<at::Tensor>& bias,
+                                                at::IntArrayRef stride, at::IntArrayRef padding,
+                                                at::IntArrayRef dilation) {
+  const int64_t channels = input.dim() == 4 ? input.size(1) : 1;
+  if (input.dim() == 4 && weight.dim() == 4) {
+    TORCH_CHECK(weight.size(1) == 1, "Given groups=", channels, " (depthwise: one group per input "
+                "channel), expected weight to have 1 channel per group at dimension 1, but got "
+                "weight of size ", weight.sizes(), " instead");
+  }
+  return conv2d_geometry(input, weight, bias, {stride, padding, dilation, channels});
+}
+
+// The 1x1 weight (O, C*m, 1, 1) that follows a depthwise conv of `depthwise` geometry.
+inline void check_pointwise_weight(const at::Tensor& pointwise_weight,
+                                   const c10::optional<at::Tensor>& pointwise_bias,
+                                   const at::Tensor& input, const Conv2dGeometry& depthwise) {
+  TORCH_CHECK(pointwise_weight.dim() == 4 && pointwise_weight.size(2) == 1 &&
+                  pointwise_weight.size(3) == 1,
+              "Expected pointwise_weight of size [out_channels, ", depthwise.out_channels,
+              ", 1, 1], but got pointwise_weight of size ", pointwise_weight.sizes(), " instead");
+  check_same_device_dtype(input, pointwise_weight, pointwise_bias);
+  TORCH_CHECK(pointwise_weight.size(1) == depthwise.out_channels, "Given groups=1, weight of size ",
+              pointwise_weight.sizes(), ", expected input",
+              sizes_str(std::array<int64_t, 4>{depthwise.batch, depthwise.out_channels,
+                                               depthwise.out_h, depthwise.out_w}),
+              " to have ", pointwise_weight.size(1), " channels, but got ",
+              depthwise.out_channels, " channels instead");
+  check_bias(pointwise_bias, pointwise_weight.size(0), pointwise_weight);
+}
+
 }  // namespace convops

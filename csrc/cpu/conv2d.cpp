@@ -1,8 +1,6 @@
 // CPU backend of the conv2d family: the im2col/col2im data movement and the CPU schedule
 // (per-thread bands, below). The generic tiles are in common/conv_gemm.h; GEMM is ATen's.
-// The data-movement loops are compiled for AVX-512, AVX2 and baseline x86-64 and the
-// variant is picked once at load time by CPUID (GCC target_clones / ifunc), so the same binary
-// runs on every x86-64 CPU and never needs -march=native.
+// The data-movement loops are compiled per ISA (CONVOPS_ISA_CLONES, cpu_parallel.h).
 #include <ATen/Parallel.h>
 #include <ATen/ThreadLocalState.h>
 #include <torch/library.h>

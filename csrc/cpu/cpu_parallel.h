@@ -1,5 +1,5 @@
-// CPU plumbing shared by the kernel files: per-ISA compilation of hot loops and a
-// parallel_for for work items that call BLAS.
+// CPU plumbing shared by the kernel files: the per-ISA compilation of hot loops and the
+// parallel loop for work items that call GEMMs.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -7,8 +7,9 @@
 #include <ATen/ThreadLocalState.h>
 
 // Hot loops are compiled for AVX-512, AVX2 and baseline x86-64 and the variant is picked once
-// at load time by CPUID (GCC target_clones / ifunc): one binary for every x86-64 CPU, never
-// -march=native.
+// at load time by CPUID (GCC target_clones / ifunc), so the same binary runs on every x86-64
+// CPU and never needs -march=native. Templates marked CONVOPS_INLINE are instantiated inside
+// one cloned non-template entry point per dtype, so each clone gets its own vector code.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define CONVOPS_ISA_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #define CONVOPS_ISA_LIST "avx512f,avx2,default"

@@ -1,21 +1,903 @@
-// Depthwise convolution (groups == in_channels) on the CPU.
-// No geometry is claimed yet: conv2d uses the im2col+GEMM path for all of them.
+// Depthwise convolution (groups == in_channels: one input channel per group, depth multiplier
+// m = out_channels / in_channels; output channel o reads input channel o / m) on the CPU, and
+// the fused depthwise-separable op. Direct kernels, no im2col.
+//
+// NCHW: one task per (image, input channel) plane. The plane is copied into a zero-padded
+// buffer whose columns are split by phase (column q -> element q / stride_w of phase
+// q % stride_w), so for a run of output columns every kernel tap reads one contiguous run of
+// the buffer whatever the stride: the kernels are vector loads and FMAs along the width with
+// no bounds checks. The input gradient is the exact adjoint: the same reads become
+// read-add-writes into a zeroed buffer, whose interior is then the plane's gradient. The
+// weight gradient reduces each plane into a per-(image, channel) partial sum, then over the
+// images in a fixed order: deterministic whatever the thread count.
+//
+// channels_last (m == 1): one task per output row, vectorised along the channels, which are
+// contiguous; the taps' weights stay in registers. Other channels_last cases use NCHW copies.
+//
+// Vectors are GCC vector extensions of 64 bytes; each ISA clone (cpu_parallel.h) lowers them
+// to one zmm, two ymm or four xmm registers.
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include "../common/conv_gemm.h"
+#include "cpu_parallel.h"
 #include "direct_kernels.h"
 
+#pragma GCC diagnostic ignored "-Wpsabi"
+
 namespace convops::cpu {
+namespace {
 
-at::Tensor depthwise_forward(const at::Tensor&, const at::Tensor&, const c10::optional<at::Tensor>&,
-                             const Conv2dGeometry&) {
-  return {};
+typedef float VecF __attribute__((vector_size(64)));
+typedef double VecD __attribute__((vector_size(64)));
+template <typename T>
+struct VecOf;
+template <>
+struct VecOf<float> {
+  using type = VecF;
+};
+template <>
+struct VecOf<double> {
+  using type = VecD;
+};
+template <typename T>
+using Vec = typename VecOf<T>::type;
+template <typename T>
+constexpr int64_t kLanes = 64 / sizeof(T);
+
+template <typename T>
+CONVOPS_INLINE Vec<T> load(const T* p) {
+  Vec<T> v;
+  __builtin_memcpy(&v, p, sizeof v);
+  return v;
+}
+template <typename T>
+CONVOPS_INLINE void store(T* p, const Vec<T>& v) {
+  __builtin_memcpy(p, &v, sizeof v);
+}
+// Partial vectors go through a small array: subscripting a vector (v[i]) would make GCC keep
+// it, and every accumulator it meets, in memory.
+// The first n lanes from p, zeros in the others.
+template <typename T>
+CONVOPS_INLINE Vec<T> load_partial(const T* p, int64_t n) {
+  alignas(64) T lanes[kLanes<T>] = {};
+  for (int64_t i = 0; i < n; ++i) lanes[i] = p[i];
+  return load(lanes);
+}
+template <typename T>
+CONVOPS_INLINE void store_partial(T* p, const Vec<T>& v, int64_t n) {
+  alignas(64) T lanes[kLanes<T>];
+  store(lanes, v);
+  for (int64_t i = 0; i < n; ++i) p[i] = lanes[i];
+}
+template <typename T>
+CONVOPS_INLINE Vec<T> load_n(const T* p, int64_t n) {
+  return n == kLanes<T> ? load(p) : load_partial(p, n);
+}
+template <typename T>
+CONVOPS_INLINE void store_n(T* p, const Vec<T>& v, int64_t n) {
+  if (n == kLanes<T>) {
+    store(p, v);
+  } else {
+    store_partial(p, v, n);
+  }
+}
+// Lanes summed in a fixed order.
+template <typename T>
+CONVOPS_INLINE T lane_sum(const Vec<T>& v) {
+  alignas(64) T lanes[kLanes<T>];
+  store(lanes, v);
+  T s = 0;
+  for (int64_t i = 0; i < kLanes<T>; ++i) s += lanes[i];
+  return s;
 }
 
-at::Tensor depthwise_input_grad(const at::Tensor&, const at::Tensor&,
-                                const c10::optional<at::Tensor>&, const Conv2dGeometry&) {
-  return {};
+// A runtime-sized array of vectors, 64-byte aligned (std::vector's allocation is not, here).
+template <typename T>
+class VecArray {
+ public:
+  explicit VecArray(int64_t n)
+      : data_(static_cast<Vec<T>*>(std::aligned_alloc(64, std::max<int64_t>(1, n) * sizeof(Vec<T>)))) {
+    TORCH_CHECK(data_ != nullptr, "convops: out of memory");
+  }
+  ~VecArray() { std::free(data_); }
+  VecArray(const VecArray&) = delete;
+  VecArray& operator=(const VecArray&) = delete;
+  Vec<T>* data() const { return data_; }
+
+ private:
+  Vec<T>* data_;
+};
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
+
+// A zero-padded input plane split by column phase (see the header comment). A buffer row
+// holds `phases` phase rows of `width` elements each, wide enough for whole vectors of
+// output columns.
+struct PaddedPlane {
+  int64_t phases = 1, width = 0, rows = 0;
+  // Flat: stride-1 rows read consecutive buffer rows, so the whole plane is computed as one
+  // long row (output (oh, ow) = flat element oh * row_elems + ow) and then compacted: fewer,
+  // fuller vectors when the rows are narrow (7x7 planes: 4 vectors instead of 7).
+  bool flat = false;
+  int64_t row_elems() const { return phases * width; }
+  // Whole vectors read past the last row need a vector of slack.
+  int64_t elems() const { return rows * row_elems() + 64; }
+};
+
+PaddedPlane padded_plane(const Conv2dGeometry& g, int64_t lanes, bool allow_flat = false) {
+  PaddedPlane p;
+  p.phases = g.stride_w;
+  p.rows = g.in_h + 2 * g.pad_h;
+  const int64_t narrow = ceil_div(g.in_w + 2 * g.pad_w, g.stride_w);
+  p.width = std::max(narrow, round_up(g.out_w, lanes) + (g.kernel_w - 1) * g.dilation_w / g.stride_w);
+  const int64_t row_vectors = g.out_h * ceil_div(g.out_w, lanes);
+  const int64_t flat_vectors = ceil_div((g.out_h - 1) * narrow * p.phases + g.out_w, lanes);
+  if (allow_flat && g.stride_h == 1 && 4 * flat_vectors < 3 * row_vectors) {
+    p.flat = true;
+    p.width = narrow;
+  }
+  return p;
 }
 
-at::Tensor depthwise_weight_grad(const at::Tensor&, const at::Tensor&, const Conv2dGeometry&) {
-  return {};
+// Input rows [r0, r1) of the padded plane that output rows [oh0, oh1) read.
+struct RowRange {
+  int64_t r0, r1;
+};
+RowRange rows_read(const Conv2dGeometry& g, int64_t oh0, int64_t oh1) {
+  return {oh0 * g.stride_h, (oh1 - 1) * g.stride_h + (g.kernel_h - 1) * g.dilation_h + 1};
+}
+
+// Offset of each kernel tap in a PaddedPlane from the element that output (0, 0) reads first.
+std::vector<int64_t> tap_offsets(const Conv2dGeometry& g, const PaddedPlane& p) {
+  std::vector<int64_t> off;
+  for (int64_t ki = 0; ki < g.kernel_h; ++ki) {
+    for (int64_t kj = 0; kj < g.kernel_w; ++kj) {
+      const int64_t col = kj * g.dilation_w;
+      off.push_back(ki * g.dilation_h * p.row_elems() + (col % g.stride_w) * p.width +
+                    col / g.stride_w);
+    }
+  }
+  return off;
+}
+
+// The arguments of every kernel driver below; each says what its pointers hold.
+template <typename T>
+struct DwCall {
+  const T* src;           // input planes / grad_output planes
+  const T* src2;          // second operand (grad_output of the weight gradient)
+  const T* weight;        // (C*m, taps), or channels_last (taps, C rounded up to lanes)
+  const T* bias;          // or null
+  T* dst;                 // output
+  const Conv2dGeometry* g;
+  const int64_t* taps;    // tap_offsets (NCHW kernels)
+  PaddedPlane plane;
+  T* buf;                 // a PaddedPlane of scratch (NCHW kernels)
+  int64_t begin, end;     // task range
+};
+
+// Rows [r0, r1) of the padded plane of `plane` into buf (buf row 0 = padded row r0).
+template <typename T>
+CONVOPS_INLINE void fill_padded_rows(const T* plane, T* buf, const Conv2dGeometry& g,
+                                     const PaddedPlane& p, int64_t r0, int64_t r1) {
+  for (int64_t r = r0; r < r1; ++r) {
+    T* dst = buf + (r - r0) * p.row_elems();
+    const int64_t ih = r - g.pad_h;
+    if (ih < 0 || ih >= g.in_h) {
+      std::fill(dst, dst + p.row_elems(), T(0));
+      continue;
+    }
+    const T* src = plane + ih * g.in_w;
+    if (p.phases == 1) {
+      // Whole vectors (small planes would pay more for memset/memcpy calls than for the
+      // copy); the zeros may run into the next row, which is written after this one, or into
+      // the buffer's slack.
+      constexpr int64_t V = kLanes<T>;
+      for (int64_t i = 0; i < p.width; i += V) store(dst + i, Vec<T>{});
+      int64_t i = 0;
+      for (; i + V <= g.in_w; i += V) store(dst + g.pad_w + i, load(src + i));
+      if (i < g.in_w) store_partial(dst + g.pad_w + i, load_partial(src + i, g.in_w - i), g.in_w - i);
+      continue;
+    }
+    for (int64_t ph = 0; ph < p.phases; ++ph, dst += p.width) {
+      // Element i holds input column i * phases + ph - pad_w: inside the row for i in [lo, hi).
+      const int64_t first = ph - g.pad_w;
+      const int64_t lo = std::min(p.width, first >= 0 ? 0 : ceil_div(-first, p.phases));
+      const int64_t hi = std::max(lo, std::min(p.width, ceil_div(g.in_w - first, p.phases)));
+      std::fill(dst, dst + lo, T(0));
+      const T* from = src + first;
+      const int64_t step = p.phases;
+      for (int64_t i = lo; i < hi; ++i) dst[i] = from[i * step];
+      std::fill(dst + hi, dst + p.width, T(0));
+    }
+  }
+}
+
+// The inverse of fill_padded_rows over the whole plane: plane[ih][iw] = padded + bias.
+template <typename T>
+CONVOPS_INLINE void unpad_plane(const T* buf, T* plane, const Conv2dGeometry& g,
+                                const PaddedPlane& p, T bias) {
+  for (int64_t ih = 0; ih < g.in_h; ++ih) {
+    const T* src = buf + (ih + g.pad_h) * p.row_elems();
+    T* dst = plane + ih * g.in_w;
+    if (p.phases == 1) {
+      for (int64_t iw = 0; iw < g.in_w; ++iw) dst[iw] = src[iw + g.pad_w] + bias;
+      continue;
+    }
+    for (int64_t iw = 0; iw < g.in_w; ++iw) {
+      const int64_t q = iw + g.pad_w;
+      dst[iw] = src[(q % p.phases) * p.width + q / p.phases] + bias;
+    }
+  }
+}
+
+// Output rows [oh0, oh1) of one output plane (row stride out_w) from the padded plane in buf,
+// whose row 0 is padded row r0. kTaps > 0: the tap count is known at compile time.
+template <typename T, int kTaps>
+CONVOPS_INLINE void forward_rows(const T* buf, int64_t r0, const DwCall<T>& a, const T* w,
+                                 T bias, T* out, int64_t oh0, int64_t oh1) {
+  constexpr int64_t V = kLanes<T>;
+  const Conv2dGeometry& g = *a.g;
+  const int64_t taps = kTaps > 0 ? kTaps : g.kernel_area();
+  const int64_t* off = a.taps;
+  for (int64_t oh = oh0; oh < oh1; ++oh) {
+    const T* base = buf + (oh * g.stride_h - r0) * a.plane.row_elems();
+    T* dst = out + (oh - oh0) * g.out_w;
+    int64_t ow = 0;
+    // Four independent accumulators hide the FMA latency.
+    for (; ow + 4 * V <= g.out_w; ow += 4 * V) {
+      Vec<T> acc0 = Vec<T>{} + bias, acc1 = acc0, acc2 = acc0, acc3 = acc0;
+      for (int64_t t = 0; t < taps; ++t) {
+        const T* src = base + off[t] + ow;
+        acc0 += w[t] * load(src);
+        acc1 += w[t] * load(src + V);
+        acc2 += w[t] * load(src + 2 * V);
+        acc3 += w[t] * load(src + 3 * V);
+      }
+      store(dst + ow, acc0);
+      store(dst + ow + V, acc1);
+      store(dst + ow + 2 * V, acc2);
+      store(dst + ow + 3 * V, acc3);
+    }
+    for (; ow + 2 * V <= g.out_w; ow += 2 * V) {
+      Vec<T> acc0 = Vec<T>{} + bias, acc1 = acc0;
+      for (int64_t t = 0; t < taps; ++t) {
+        const T* src = base + off[t] + ow;
+        acc0 += w[t] * load(src);
+        acc1 += w[t] * load(src + V);
+      }
+      store(dst + ow, acc0);
+      store(dst + ow + V, acc1);
+    }
+    for (; ow < g.out_w; ow += V) {
+      Vec<T> acc = Vec<T>{} + bias;
+      for (int64_t t = 0; t < taps; ++t) acc += w[t] * load(base + off[t] + ow);
+      store_n(dst + ow, acc, std::min(V, g.out_w - ow));
+    }
+  }
+}
+
+// forward_rows over a whole flat plane (PaddedPlane::flat): the flat result goes to `flat`
+// (round_up(length, lanes) elements), then its rows to the output plane.
+template <typename T, int kTaps>
+CONVOPS_INLINE void forward_plane_flat(const T* buf, const DwCall<T>& a, const T* w, T bias,
+                                       T* out, T* flat) {
+  constexpr int64_t V = kLanes<T>;
+  const Conv2dGeometry& g = *a.g;
+  const int64_t taps = kTaps > 0 ? kTaps : g.kernel_area();
+  const int64_t* off = a.taps;
+  const int64_t row = a.plane.row_elems(), length = (g.out_h - 1) * row + g.out_w;
+  int64_t i = 0;
+  for (; i + 2 * V <= length + V - 1; i += 2 * V) {
+    Vec<T> acc0 = Vec<T>{} + bias, acc1 = acc0;
+    for (int64_t t = 0; t < taps; ++t) {
+      acc0 += w[t] * load(buf + off[t] + i);
+      acc1 += w[t] * load(buf + off[t] + i + V);
+    }
+    store(flat + i, acc0);
+    store(flat + i + V, acc1);
+  }
+  for (; i < length; i += V) {
+    Vec<T> acc = Vec<T>{} + bias;
+    for (int64_t t = 0; t < taps; ++t) acc += w[t] * load(buf + off[t] + i);
+    store(flat + i, acc);
+  }
+  for (int64_t oh = 0; oh < g.out_h; ++oh) {
+    const T* src = flat + oh * row;
+    T* dst = out + oh * g.out_w;
+    int64_t ow = 0;
+    for (; ow + V <= g.out_w; ow += V) store(dst + ow, load(src + ow));
+    if (ow < g.out_w) store_partial(dst + ow, load(src + ow), g.out_w - ow);
+  }
+}
+
+// The adjoint of forward_rows: buf += the taps' reads, weighted by grad_output rows.
+template <typename T, int kTaps>
+CONVOPS_INLINE void input_grad_rows(T* buf, const DwCall<T>& a, const T* w, const T* grad,
+                                    int64_t oh0, int64_t oh1) {
+  constexpr int64_t V = kLanes<T>;
+  const Conv2dGeometry& g = *a.g;
+  const int64_t taps = kTaps > 0 ? kTaps : g.kernel_area();
+  const int64_t* off = a.taps;
+  for (int64_t oh = oh0; oh < oh1; ++oh) {
+    T* base = buf + oh * g.stride_h * a.plane.row_elems();
+    const T* src = grad + (oh - oh0) * g.out_w;
+    const int64_t full = g.out_w / V * V;
+    // Taps outside, columns inside: consecutive read-add-writes touch disjoint vectors, so a
+    // load never waits on an overlapping store still in flight (taps one column apart would).
+    for (int64_t t = 0; t < taps; ++t) {
+      const T wt = w[t];
+      T* p = base + off[t];
+      for (int64_t ow = 0; ow < full; ow += V) store(p + ow, load(p + ow) + wt * load(src + ow));
+    }
+    if (full < g.out_w) {
+      const Vec<T> d = load_partial(src + full, g.out_w - full);
+      for (int64_t t = 0; t < taps; ++t) {
+        T* p = base + off[t] + full;
+        store(p, load(p) + w[t] * d);
+      }
+    }
+  }
+}
+
+// acc[t] += sum over output rows [0, out_h) of grad_output x the tap's reads (per lane).
+template <typename T, int kTaps>
+CONVOPS_INLINE void weight_grad_rows(const T* buf, const DwCall<T>& a, const T* grad,
+                                     Vec<T>* acc) {
+  constexpr int64_t V = kLanes<T>;
+  const Conv2dGeometry& g = *a.g;
+  const int64_t taps = kTaps > 0 ? kTaps : g.kernel_area();
+  const int64_t* off = a.taps;
+  for (int64_t oh = 0; oh < g.out_h; ++oh) {
+    const T* base = buf + oh * g.stride_h * a.plane.row_elems();
+    const T* src = grad + oh * g.out_w;
+    int64_t ow = 0;
+    for (; ow + V <= g.out_w; ow += V) {
+      const Vec<T> d = load(src + ow);
+      for (int64_t t = 0; t < taps; ++t) acc[t] += d * load(base + off[t] + ow);
+    }
+    if (ow < g.out_w) {  // zero lanes in both operands: padding never meets a non-finite input
+      const int64_t n = g.out_w - ow;
+      const Vec<T> d = load_partial(src + ow, n);
+      for (int64_t t = 0; t < taps; ++t) acc[t] += d * load_partial(base + off[t] + ow, n);
+    }
+  }
+}
+
+// ---- NCHW drivers: tasks are (image, input channel) planes.
+
+template <typename T, int kTaps>
+CONVOPS_INLINE void forward_planes_k(const DwCall<T>& a) {
+  const Conv2dGeometry& g = *a.g;
+  const int64_t m = g.out_channels / g.in_channels, taps = g.kernel_area();
+  for (int64_t plane = a.begin; plane < a.end; ++plane) {
+    const int64_t n = plane / g.in_channels, c = plane % g.in_channels;
+    fill_padded_rows(a.src + plane * g.in_area(), a.buf, g, a.plane, 0, a.plane.rows);
+    for (int64_t o = c * m; o < (c + 1) * m; ++o) {
+      T* out = a.dst + (n * g.out_channels + o) * g.out_area();
+      const T bias = a.bias ? a.bias[o] : T(0);
+      if (a.plane.flat) {
+        forward_plane_flat<T, kTaps>(a.buf, a, a.weight + o * taps, bias, out,
+                                     a.buf + a.plane.elems());
+      } else {
+        forward_rows<T, kTaps>(a.buf, 0, a, a.weight + o * taps, bias, out, 0, g.out_h);
+      }
+    }
+  }
+}
+
+// src: grad_output (N, C*m, Ho, Wo); dst: grad_input (N, C, H, W); bias: per input channel.
+template <typename T, int kTaps>
+CONVOPS_INLINE void input_grad_planes_k(const DwCall<T>& a) {
+  const Conv2dGeometry& g = *a.g;
+  const int64_t m = g.out_channels / g.in_channels, taps = g.kernel_area();
+  for (int64_t plane = a.begin; plane < a.end; ++plane) {
+    const int64_t n = plane / g.in_channels, c = plane % g.in_channels;
+    std::fill(a.buf, a.buf + a.plane.elems(), T(0));
+    for (int64_t o = c * m; o < (c + 1) * m; ++o) {
+      input_grad_rows<T, kTaps>(a.buf, a, a.weight + o * taps,
+                                a.src + (n * g.out_channels + o) * g.out_area(), 0, g.out_h);
+    }
+    unpad_plane(a.buf, a.dst + plane * g.in_area(), g, a.plane, a.bias ? a.bias[c] : T(0));
+  }
+}
+
+// src: input, src2: grad_output; dst: partial sums (N, C*m, taps).
+template <typename T, int kTaps>
+CONVOPS_INLINE void weight_grad_planes_k(const DwCall<T>& a) {
+  const Conv2dGeometry& g = *a.g;
+  const int64_t m = g.out_channels / g.in_channels, taps = g.kernel_area();
+  VecArray<T> acc_buf(kTaps > 0 ? 0 : taps);
+  for (int64_t plane = a.begin; plane < a.end; ++plane) {
+    const int64_t n = plane / g.in_channels, c = plane % g.in_channels;
+    fill_padded_rows(a.src + plane * g.in_area(), a.buf, g, a.plane, 0, a.plane.rows);
+    for (int64_t o = c * m; o < (c + 1) * m; ++o) {
+      Vec<T> acc_fixed[kTaps > 0 ? kTaps : 1];
+      Vec<T>* acc = kTaps > 0 ? acc_fixed : acc_buf.data();
+      for (int64_t t = 0; t < taps; ++t) acc[t] = Vec<T>{};
+      weight_grad_rows<T, kTaps>(a.buf, a, a.src2 + (n * g.out_channels + o) * g.out_area(), acc);
+      T* dst = a.dst + (n * g.out_channels + o) * taps;
+      for (int64_t t = 0; t < taps; ++t) dst[t] = lane_sum<T>(acc[t]);
+    }
+  }
+}
+
+// The depthwise output rows [begin, end) of every channel of one image (src: the image's
+// planes) into dst (C*m, rows, Wo): the depthwise half of the fused separable op.
+template <typename T, int kTaps>
+CONVOPS_INLINE void forward_band_k(const DwCall<T>& a) {
+  const Conv2dGeometry& g = *a.g;
+  const int64_t m = g.out_channels / g.in_channels, taps = g.kernel_area();
+  const int64_t band_area = (a.end - a.begin) * g.out_w;
+  const auto rows = rows_read(g, a.begin, a.end);
+  for (int64_t c = 0; c < g.in_channels; ++c) {
+    fill_padded_rows(a.src + c * g.in_area(), a.buf, g, a.plane, rows.r0, rows.r1);
+    for (int64_t o = c * m; o < (c + 1) * m; ++o) {
+      forward_rows<T, kTaps>(a.buf, rows.r0, a, a.weight + o * taps, a.bias ? a.bias[o] : T(0),
+                             a.dst + o * band_area, a.begin, a.end);
+    }
+  }
+}
+
+// ---- channels_last drivers (m == 1): weights (taps, Cp) and bias (Cp), Cp = C rounded up to
+// whole vectors and zero-filled, so only the activations need partial loads.
+
+// Tasks are output rows (image, oh).
+template <typename T, int kTaps>
+CONVOPS_INLINE void forward_nhwc_k(const DwCall<T>& a) {
+  constexpr int64_t V = kLanes<T>;
+  const Conv2dGeometry& g = *a.g;
+  const int64_t C = g.in_channels, Cp = round_up(C, V), taps = g.kernel_area();
+  VecArray<T> w_buf(kTaps > 0 ? 0 : taps);
+  for (int64_t row = a.begin; row < a.end; ++row) {
+    const int64_t n = row / g.out_h, oh = row % g.out_h;
+    T* dst_row = a.dst + row * g.out_w * C;
+    for (int64_t c0 = 0; c0 < C; c0 += V) {
+      const int64_t lanes = std::min(V, C - c0);
+      Vec<T> w_fixed[kTaps > 0 ? kTaps : 1];
+      Vec<T>* w = kTaps > 0 ? w_fixed : w_buf.data();
+      for (int64_t t = 0; t < taps; ++t) w[t] = load(a.weight + t * Cp + c0);
+      const Vec<T> bias = a.bias ? load(a.bias + c0) : Vec<T>{};
+      // Output columns whose taps all fall inside the row: no bounds checks there.
+      const int64_t ow_lo = std::min(g.out_w, ceil_div(g.pad_w, g.stride_w));
+      const int64_t last_in = g.in_w - 1 - (g.kernel_w - 1) * g.dilation_w + g.pad_w;
+      const int64_t ow_hi = std::max(ow_lo, std::min(g.out_w, last_in < 0 ? 0 : last_in / g.stride_w + 1));
+      auto border = [&](int64_t ow) {
+        Vec<T> acc = bias;
+        for (int64_t ki = 0; ki < g.kernel_h; ++ki) {
+          const int64_t ih = oh * g.stride_h - g.pad_h + ki * g.dilation_h;
+          if (ih < 0 || ih >= g.in_h) continue;
+          const T* src = a.src + ((n * g.in_h + ih) * g.in_w) * C + c0;
+          for (int64_t kj = 0; kj < g.kernel_w; ++kj) {
+            const int64_t iw = ow * g.stride_w - g.pad_w + kj * g.dilation_w;
+            if (iw < 0 || iw >= g.in_w) continue;
+            acc += w[ki * g.kernel_w + kj] * load_n(src + iw * C, lanes);
+          }
+        }
+        store_n(dst_row + ow * C + c0, acc, lanes);
+      };
+      for (int64_t ow = 0; ow < ow_lo; ++ow) border(ow);
+      int64_t ow = ow_lo;
+      if (lanes == V) {
+        const int64_t step = g.stride_w * C, tap_step = g.dilation_w * C;
+        for (; ow + 4 <= ow_hi; ow += 4) {
+          Vec<T> acc0 = bias, acc1 = bias, acc2 = bias, acc3 = bias;
+          for (int64_t ki = 0; ki < g.kernel_h; ++ki) {
+            const int64_t ih = oh * g.stride_h - g.pad_h + ki * g.dilation_h;
+            if (ih < 0 || ih >= g.in_h) continue;
+            const T* src = a.src + ((n * g.in_h + ih) * g.in_w + ow * g.stride_w - g.pad_w) * C + c0;
+            for (int64_t kj = 0; kj < g.kernel_w; ++kj, src += tap_step) {
+              const Vec<T> wt = w[ki * g.kernel_w + kj];
+              acc0 += wt * load(src);
+              acc1 += wt * load(src + step);
+              acc2 += wt * load(src + 2 * step);
+              acc3 += wt * load(src + 3 * step);
+            }
+          }
+          T* d = dst_row + ow * C + c0;
+          store(d, acc0);
+          store(d + C, acc1);
+          store(d + 2 * C, acc2);
+          store(d + 3 * C, acc3);
+        }
+      }
+      for (; ow < g.out_w; ++ow) border(ow);
+    }
+  }
+}
+
+// Tasks are input rows (image, ih): each input pixel gathers the outputs that read it.
+// src: grad_output (N, Ho, Wo, C); dst: grad_input (N, H, W, C).
+template <typename T, int kTaps>
+CONVOPS_INLINE void input_grad_nhwc_k(const DwCall<T>& a) {
+  constexpr int64_t V = kLanes<T>;
+  const Conv2dGeometry& g = *a.g;
+  const int64_t C = g.in_channels, Cp = round_up(C, V), taps = g.kernel_area();
+  VecArray<T> w_buf(kTaps > 0 ? 0 : taps);
+  for (int64_t row = a.begin; row < a.end; ++row) {
+    const int64_t n = row / g.in_h, ih = row % g.in_h;
+    T* dst_row = a.dst + row * g.in_w * C;
+    for (int64_t c0 = 0; c0 < C; c0 += V) {
+      const int64_t lanes = std::min(V, C - c0);
+      Vec<T> w_fixed[kTaps > 0 ? kTaps : 1];
+      Vec<T>* w = kTaps > 0 ? w_fixed : w_buf.data();
+      for (int64_t t = 0; t < taps; ++t) w[t] = load(a.weight + t * Cp + c0);
+      const Vec<T> bias = a.bias ? load(a.bias + c0) : Vec<T>{};
+      for (int64_t iw = 0; iw < g.in_w; ++iw) {
+        Vec<T> acc = bias;
+        for (int64_t ki = 0; ki < g.kernel_h; ++ki) {
+          const int64_t th = ih + g.pad_h - ki * g.dilation_h;
+          if (th < 0 || th % g.stride_h != 0 || th / g.stride_h >= g.out_h) continue;
+          const T* src = a.src + ((n * g.out_h + th / g.stride_h) * g.out_w) * C + c0;
+          for (int64_t kj = 0; kj < g.kernel_w; ++kj) {
+            const int64_t tw = iw + g.pad_w - kj * g.dilation_w;
+            if (tw < 0 || tw % g.stride_w != 0 || tw / g.stride_w >= g.out_w) continue;
+            acc += w[ki * g.kernel_w + kj] * load_n(src + (tw / g.stride_w) * C, lanes);
+          }
+        }
+        store_n(dst_row + iw * C + c0, acc, lanes);
+      }
+    }
+  }
+}
+
+// Tasks are (image, channel vector); src: input (N, H, W, C), src2: grad_output (N, Ho, Wo, C),
+// dst: partial sums (N, taps, Cp).
+template <typename T, int kTaps>
+CONVOPS_INLINE void weight_grad_nhwc_k(const DwCall<T>& a) {
+  constexpr int64_t V = kLanes<T>;
+  const Conv2dGeometry& g = *a.g;
+  const int64_t C = g.in_channels, Cp = round_up(C, V), taps = g.kernel_area();
+  const int64_t vectors = Cp / V;
+  VecArray<T> acc_buf(kTaps > 0 ? 0 : taps);
+  for (int64_t task = a.begin; task < a.end; ++task) {
+    const int64_t n = task / vectors, c0 = task % vectors * V;
+    const int64_t lanes = std::min(V, C - c0);
+    Vec<T> acc_fixed[kTaps > 0 ? kTaps : 1];
+    Vec<T>* acc = kTaps > 0 ? acc_fixed : acc_buf.data();
+    for (int64_t t = 0; t < taps; ++t) acc[t] = Vec<T>{};
+    for (int64_t oh = 0; oh < g.out_h; ++oh) {
+      for (int64_t ow = 0; ow < g.out_w; ++ow) {
+        const Vec<T> d = load_n(a.src2 + ((n * g.out_h + oh) * g.out_w + ow) * C + c0, lanes);
+        for (int64_t ki = 0; ki < g.kernel_h; ++ki) {
+          const int64_t ih = oh * g.stride_h - g.pad_h + ki * g.dilation_h;
+          if (ih < 0 || ih >= g.in_h) continue;
+          const T* src = a.src + ((n * g.in_h + ih) * g.in_w) * C + c0;
+          for (int64_t kj = 0; kj < g.kernel_w; ++kj) {
+            const int64_t iw = ow * g.stride_w - g.pad_w + kj * g.dilation_w;
+            if (iw < 0 || iw >= g.in_w) continue;
+            acc[ki * g.kernel_w + kj] += d * load_n(src + iw * C, lanes);
+          }
+        }
+      }
+    }
+    for (int64_t t = 0; t < taps; ++t) store(a.dst + (n * taps + t) * Cp + c0, acc[t]);
+  }
+}
+
+// One ISA-cloned entry point per driver and dtype; 3x3 (the common case) gets a compile-time
+// tap count so its accumulators and weights live in registers.
+#define CONVOPS_DW_DRIVER(name)                                                        \
+  template <typename T>                                                                \
+  CONVOPS_INLINE void name(const DwCall<T>& a) {                                       \
+    if (a.g->kernel_area() == 9) {                                                     \
+      name##_k<T, 9>(a);                                                               \
+    } else {                                                                           \
+      name##_k<T, 0>(a);                                                               \
+    }                                                                                  \
+  }                                                                                    \
+  CONVOPS_ISA_CLONES void name##_f32(const DwCall<float>& a) { name<float>(a); }       \
+  CONVOPS_ISA_CLONES void name##_f64(const DwCall<double>& a) { name<double>(a); }     \
+  void name##_isa(const DwCall<float>& a) { name##_f32(a); }                           \
+  void name##_isa(const DwCall<double>& a) { name##_f64(a); }
+
+CONVOPS_DW_DRIVER(forward_planes)
+CONVOPS_DW_DRIVER(input_grad_planes)
+CONVOPS_DW_DRIVER(weight_grad_planes)
+CONVOPS_DW_DRIVER(forward_band)
+CONVOPS_DW_DRIVER(forward_nhwc)
+CONVOPS_DW_DRIVER(input_grad_nhwc)
+CONVOPS_DW_DRIVER(weight_grad_nhwc)
+
+// ---- dispatch
+
+bool claims(const Conv2dGeometry& g) {
+  return g.in_per_group() == 1 && g.groups == g.in_channels && g.out_channels % g.groups == 0;
+}
+
+bool is_channels_last(const at::Tensor& t) {
+  return t.dim() == 4 && t.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
+}
+
+int64_t grain_for(int64_t elems_per_task) {
+  return std::max<int64_t>(1, (int64_t(1) << 14) / std::max<int64_t>(1, elems_per_task));
+}
+
+template <typename T>
+T* ptr_or_null(const at::Tensor& t) {
+  return t.defined() ? t.data_ptr<T>() : nullptr;
+}
+
+// Runs `driver` over [0, tasks) in parallel; each worker gets its own PaddedPlane buffer
+// (rows: the plane rows a task needs) when the NCHW kernels want one.
+template <typename T, class Driver>
+void run_parallel(DwCall<T> a, int64_t tasks, int64_t grain, int64_t buf_rows,
+                  const at::TensorOptions& options, const Driver& driver) {
+  // NCHW kernels: the padded rows (+ slack), and for a flat plane its flat result after them.
+  const int64_t plane_elems = buf_rows * a.plane.row_elems() + 64;
+  const int64_t buf_elems = a.taps ? plane_elems * (a.plane.flat ? 2 : 1) : 0;
+  at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) {
+    const ScratchBuffer buf(buf_elems, options);
+    DwCall<T> call = a;
+    call.buf = buf_elems ? buf.tensor().data_ptr<T>() : nullptr;
+    call.begin = begin;
+    call.end = end;
+    driver(call);
+  });
+}
+
+// (taps, Cp) weights and (Cp) bias of the channels_last kernels, zero beyond C.
+std::pair<at::Tensor, at::Tensor> channels_last_params(const at::Tensor& w, const at::Tensor& b,
+                                                       const Conv2dGeometry& g, int64_t lanes) {
+  const int64_t C = g.in_channels, Cp = round_up(C, lanes);
+  auto wt = at::zeros({g.kernel_area(), Cp}, w.options());
+  wt.narrow(1, 0, C).copy_(w.view({C, g.kernel_area()}).t());
+  at::Tensor bt;
+  if (b.defined()) {
+    bt = at::zeros({Cp}, b.options());
+    bt.narrow(0, 0, C).copy_(b);
+  }
+  return {wt, bt};
+}
+
+at::Tensor defined_or_empty(const c10::optional<at::Tensor>& t, at::ScalarType dtype) {
+  return (t.has_value() && t->defined()) ? t->to(dtype).contiguous() : at::Tensor();
+}
+
+// conv2d forward for a depthwise geometry; result in the compute dtype.
+at::Tensor forward_compute(const at::Tensor& input, const at::Tensor& weight,
+                           const c10::optional<at::Tensor>& bias, const Conv2dGeometry& g) {
+  const auto cdt = compute_dtype(input.scalar_type());
+  const auto w = weight.to(cdt).contiguous();
+  const auto b = defined_or_empty(bias, cdt);
+  const bool nhwc = is_channels_last(input) && g.out_channels == g.in_channels;
+  const auto format = nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  const auto x = input.to(cdt).contiguous(format);
+  auto out = at::empty({g.batch, g.out_channels, g.out_h, g.out_w},
+                       x.options().memory_format(format));
+  if (out.numel() == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES(cdt, "convops_depthwise_forward", [&] {
+    constexpr int64_t V = kLanes<scalar_t>;
+    DwCall<scalar_t> a{};
+    a.g = &g;
+    a.src = x.data_ptr<scalar_t>();
+    a.dst = out.data_ptr<scalar_t>();
+    if (nhwc) {
+      const auto [wt, bt] = channels_last_params(w, b, g, V);
+      a.weight = wt.data_ptr<scalar_t>();
+      a.bias = ptr_or_null<scalar_t>(bt);
+      run_parallel(a, g.batch * g.out_h, grain_for(g.out_w * g.in_channels * g.kernel_area()), 0,
+                   x.options(), [](const DwCall<scalar_t>& c) { forward_nhwc_isa(c); });
+      return;
+    }
+    a.weight = w.data_ptr<scalar_t>();
+    a.bias = ptr_or_null<scalar_t>(b);
+    a.plane = padded_plane(g, V, /*allow_flat=*/true);
+    const auto taps = tap_offsets(g, a.plane);
+    a.taps = taps.data();
+    const int64_t m = g.out_channels / g.in_channels;
+    run_parallel(a, g.batch * g.in_channels, grain_for(m * g.out_area() * g.kernel_area()),
+                 a.plane.rows, x.options(),
+                 [](const DwCall<scalar_t>& c) { forward_planes_isa(c); });
+  });
+  return out;
+}
+
+// conv2d's input gradient (conv_transpose2d) for a depthwise geometry, in the compute dtype;
+// bias: per input channel (conv_transpose2d's).
+at::Tensor input_grad_compute(const at::Tensor& grad_output, const at::Tensor& weight,
+                              const c10::optional<at::Tensor>& bias, const Conv2dGeometry& g) {
+  const auto cdt = compute_dtype(grad_output.scalar_type());
+  const auto w = weight.to(cdt).contiguous();
+  const auto b = defined_or_empty(bias, cdt);
+  const bool nhwc = is_channels_last(grad_output) && g.out_channels == g.in_channels;
+  const auto format = nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  const auto y = grad_output.to(cdt).contiguous(format);
+  auto dx = at::empty({g.batch, g.in_channels, g.in_h, g.in_w}, y.options().memory_format(format));
+  if (dx.numel() == 0) return dx;
+  AT_DISPATCH_FLOATING_TYPES(cdt, "convops_depthwise_input_grad", [&] {
+    constexpr int64_t V = kLanes<scalar_t>;
+    DwCall<scalar_t> a{};
+    a.g = &g;
+    a.src = y.data_ptr<scalar_t>();
+    a.dst = dx.data_ptr<scalar_t>();
+    if (nhwc) {
+      const auto [wt, bt] = channels_last_params(w, b, g, V);
+      a.weight = wt.data_ptr<scalar_t>();
+      a.bias = ptr_or_null<scalar_t>(bt);
+      run_parallel(a, g.batch * g.in_h, grain_for(g.in_w * g.in_channels * g.kernel_area()), 0,
+                   y.options(), [](const DwCall<scalar_t>& c) { input_grad_nhwc_isa(c); });
+      return;
+    }
+    a.weight = w.data_ptr<scalar_t>();
+    a.bias = ptr_or_null<scalar_t>(b);
+    a.plane = padded_plane(g, V);
+    const auto taps = tap_offsets(g, a.plane);
+    a.taps = taps.data();
+    const int64_t m = g.out_channels / g.in_channels;
+    run_parallel(a, g.batch * g.in_channels, grain_for(m * g.out_area() * g.kernel_area()),
+                 a.plane.rows, y.options(),
+                 [](const DwCall<scalar_t>& c) { input_grad_planes_isa(c); });
+  });
+  return dx;
+}
+
+// Sum over the images of per-image partials (N, rest...), in image order: deterministic.
+at::Tensor sum_images_in_order(const at::Tensor& partial) {
+  auto total = partial.select(0, 0).clone();
+  for (int64_t n = 1; n < partial.size(0); ++n) total.add_(partial.select(0, n));
+  return total;
+}
+
+// conv2d's weight gradient (C*m, 1, kh, kw) for a depthwise geometry, in the compute dtype.
+at::Tensor weight_grad_compute(const at::Tensor& grad_output, const at::Tensor& input,
+                               const Conv2dGeometry& g) {
+  const auto cdt = compute_dtype(input.scalar_type());
+  const bool nhwc = is_channels_last(input) && g.out_channels == g.in_channels;
+  const auto format = nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  const auto x = input.to(cdt).contiguous(format);
+  const auto go = grad_output.to(cdt).contiguous(format);
+  const int64_t taps = g.kernel_area();
+  if (g.batch == 0) return at::zeros({g.out_channels, 1, g.kernel_h, g.kernel_w}, x.options());
+  at::Tensor result;
+  AT_DISPATCH_FLOATING_TYPES(cdt, "convops_depthwise_weight_grad", [&] {
+    constexpr int64_t V = kLanes<scalar_t>;
+    DwCall<scalar_t> a{};
+    a.g = &g;
+    a.src = x.data_ptr<scalar_t>();
+    a.src2 = go.data_ptr<scalar_t>();
+    if (nhwc) {
+      const int64_t Cp = round_up(g.in_channels, V);
+      const ScratchBuffer partial(g.batch * taps * Cp, x.options());
+      a.dst = partial.tensor().data_ptr<scalar_t>();
+      run_parallel(a, g.batch * (Cp / V), grain_for(g.out_area() * V * taps), 0, x.options(),
+                   [](const DwCall<scalar_t>& c) { weight_grad_nhwc_isa(c); });
+      result = sum_images_in_order(partial.tensor().view({g.batch, taps, Cp}))
+                   .narrow(1, 0, g.in_channels)
+                   .t()
+                   .contiguous();
+      return;
+    }
+    const ScratchBuffer partial(g.batch * g.out_channels * taps, x.options());
+    a.dst = partial.tensor().data_ptr<scalar_t>();
+    a.plane = padded_plane(g, V);
+    const auto offsets = tap_offsets(g, a.plane);
+    a.taps = offsets.data();
+    const int64_t m = g.out_channels / g.in_channels;
+    run_parallel(a, g.batch * g.in_channels, grain_for(m * g.out_area() * taps), a.plane.rows,
+                 x.options(), [](const DwCall<scalar_t>& c) { weight_grad_planes_isa(c); });
+    result = sum_images_in_order(partial.tensor().view({g.batch, g.out_channels, taps}));
+  });
+  return result.view({g.out_channels, 1, g.kernel_h, g.kernel_w});
+}
+
+// ---- fused depthwise-separable forward
+
+// Depthwise output rows per band: the band's depthwise tile (C*m, rows, Wo) stays within
+// kSeparableTileBytes, so it is still in L2 when the pointwise GEMM reads it.
+constexpr int64_t kSeparableTileBytes = int64_t(384) << 10;
+
+int64_t separable_band_rows(const Conv2dGeometry& g, int64_t elem_size) {
+  const int64_t row_bytes = std::max<int64_t>(1, g.out_channels * g.out_w * elem_size);
+  const int64_t rows = std::clamp<int64_t>(kSeparableTileBytes / row_bytes, 1, g.out_h);
+  return ceil_div(g.out_h, ceil_div(g.out_h, rows));  // equal bands, no sliver
+}
+
+at::Tensor separable_forward_compute(const at::Tensor& input, const at::Tensor& dw_weight,
+                                     const at::Tensor& pw_weight,
+                                     const c10::optional<at::Tensor>& dw_bias,
+                                     const c10::optional<at::Tensor>& pw_bias,
+                                     const Conv2dGeometry& g) {
+  const auto cdt = compute_dtype(input.scalar_type());
+  const auto x = input.to(cdt).contiguous();
+  const auto w = dw_weight.to(cdt).contiguous();
+  const auto b = defined_or_empty(dw_bias, cdt);
+  const int64_t out_channels = pw_weight.size(0);
+  const auto pw = pw_weight.to(cdt).contiguous().view({out_channels, g.out_channels});
+  const auto pb = defined_or_empty(pw_bias, cdt);
+  auto out = at::empty({g.batch, out_channels, g.out_h, g.out_w}, x.options());
+  if (out.numel() == 0) return out;
+  const int64_t band_rows = separable_band_rows(g, x.element_size());
+  const int64_t bands = ceil_div(g.out_h, band_rows);
+  AT_DISPATCH_FLOATING_TYPES(cdt, "convops_depthwise_separable_forward", [&] {
+    DwCall<scalar_t> proto{};
+    proto.g = &g;
+    proto.weight = w.data_ptr<scalar_t>();
+    proto.bias = ptr_or_null<scalar_t>(b);
+    proto.plane = padded_plane(g, kLanes<scalar_t>);
+    const auto offsets = tap_offsets(g, proto.plane);
+    proto.taps = offsets.data();
+    const int64_t buf_rows = rows_read(g, 0, band_rows).r1;
+    parallel_gemm_for(g.batch * bands, [&](int64_t begin, int64_t end) {
+      const ScratchBuffer plane_buf(buf_rows * proto.plane.row_elems() + 64, x.options());
+      const ScratchBuffer tile_buf(g.out_channels * band_rows * g.out_w, x.options());
+      for (int64_t item = begin; item < end; ++item) {
+        const int64_t n = item / bands, oh0 = item % bands * band_rows;
+        const int64_t oh1 = std::min(oh0 + band_rows, g.out_h);
+        const int64_t area = (oh1 - oh0) * g.out_w;
+        DwCall<scalar_t> a = proto;
+        a.src = x.data_ptr<scalar_t>() + n * g.in_channels * g.in_area();
+        a.buf = plane_buf.tensor().data_ptr<scalar_t>();
+        a.dst = tile_buf.tensor().data_ptr<scalar_t>();
+        a.begin = oh0;
+        a.end = oh1;
+        forward_band_isa(a);
+        const auto tile = tile_buf.tensor().narrow(0, 0, g.out_channels * area)
+                              .view({g.out_channels, area});
+        auto dst = out.select(0, n).view({out_channels, g.out_area()}).narrow(1, oh0 * g.out_w, area);
+        at::mm_out(dst, pw, tile);
+        if (pb.defined()) dst.add_(pb.view({out_channels, 1}));
+      }
+    });
+  });
+  return out;
+}
+
+// ---- operator entry points
+
+at::Tensor depthwise_conv2d_op(const at::Tensor& input, const at::Tensor& weight,
+                               const c10::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                               at::IntArrayRef padding, at::IntArrayRef dilation) {
+  const auto g = depthwise_conv2d_geometry(input, weight, bias, stride, padding, dilation);
+  return depthwise_forward(input, weight, bias, g);
+}
+
+at::Tensor depthwise_separable_conv2d_op(const at::Tensor& input, const at::Tensor& dw_weight,
+                                         const at::Tensor& pw_weight,
+                                         const c10::optional<at::Tensor>& dw_bias,
+                                         const c10::optional<at::Tensor>& pw_bias,
+                                         at::IntArrayRef stride, at::IntArrayRef padding,
+                                         at::IntArrayRef dilation) {
+  const auto g = depthwise_conv2d_geometry(input, dw_weight, dw_bias, stride, padding, dilation);
+  check_pointwise_weight(pw_weight, pw_bias, input, g);
+  return separable_forward_compute(input, dw_weight, pw_weight, dw_bias, pw_bias, g)
+      .to(input.scalar_type())
+      .contiguous(conv_output_format(input, dw_weight));
+}
+
+}  // namespace
+
+at::Tensor depthwise_forward(const at::Tensor& input, const at::Tensor& weight,
+                             const c10::optional<at::Tensor>& bias, const Conv2dGeometry& g) {
+  if (!claims(g)) return {};
+  return forward_compute(input, weight, bias, g)
+      .to(input.scalar_type())
+      .contiguous(conv_output_format(input, weight));
+}
+
+at::Tensor depthwise_input_grad(const at::Tensor& grad_output, const at::Tensor& weight,
+                                const c10::optional<at::Tensor>& bias, const Conv2dGeometry& g) {
+  if (!claims(g)) return {};
+  return input_grad_compute(grad_output, weight, bias, g)
+      .to(grad_output.scalar_type())
+      .contiguous(conv_output_format(grad_output, weight));
+}
+
+at::Tensor depthwise_weight_grad(const at::Tensor& grad_output, const at::Tensor& input,
+                                 const Conv2dGeometry& g) {
+  if (!claims(g)) return {};
+  return weight_grad_compute(grad_output, input, g).to(input.scalar_type());
+}
+
+TORCH_LIBRARY_IMPL(convops, CPU, m) {
+  m.impl("depthwise_conv2d", &depthwise_conv2d_op);
+  m.impl("depthwise_separable_conv2d", &depthwise_separable_conv2d_op);
 }
 
 }  // namespace convops::cpu

@@ -24,5 +24,8 @@ at::Tensor grouped_input_grad(const at::Tensor& grad_output, const at::Tensor& w
                               const c10::optional<at::Tensor>& bias, const Conv2dGeometry& g);
 at::Tensor grouped_weight_grad(const at::Tensor& grad_output, const at::Tensor& input,
                                const Conv2dGeometry& g);
+// How many times the grouped kernel claimed a call (forward, input grad or weight grad), so
+// tests can tell it ran rather than the GEMM path; reset=true returns the count and zeroes it.
+int64_t grouped_kernel_calls_count(bool reset);
 
 }  // namespace convops::cpu

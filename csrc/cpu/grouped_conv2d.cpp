@@ -1,21 +1,630 @@
-// Grouped convolution with few channels per group on the CPU.
-// No geometry is claimed yet: conv2d uses the im2col+GEMM path for all of them.
+// Grouped convolution with few channels per group on the CPU (ResNeXt: 4 channels per group,
+// 32 groups). The im2col+GEMM path runs one tiny GEMM per group and tile there; this file
+// instead runs all groups through one direct kernel:
+//
+//   out[o][oh][ow] = bias[o] + sum_{c, ki, kj} W[c][ki][kj][o] * X[c][oh*s_h + ki*d_h - p_h]
+//                                                               [ow*s_w + kj*d_w - p_w]
+//
+// per (image, group, band of output rows). X is a "virtual" image: the source zero-padded and,
+// for the input gradient, zero-upsampled by the stride. A band of X is first packed into a
+// small per-thread buffer (zero borders, and for stride s_w > 1 split into s_w column phases
+// so that every tap reads contiguous memory), the group's weights are packed once as
+// [c*kh*kw][o] blocks, and a register-blocked micro-kernel keeps (block of output channels x
+// strip of output width) accumulators in vector registers: one vector load of X feeds every
+// output channel of the block, one weight broadcast feeds the whole strip.
+//
+//   forward        X = input,                                 W = weight
+//   input grad     X = grad_output upsampled by the stride,    W = weight transposed and
+//                  stride 1, padding d*(k-1)-p (gather form,     flipped (a correlation)
+//                  no scatter, no atomics)
+//   weight grad    dW[o][c][ki][kj] = sum dy[o][oh][ow] * X[c][...]: the same packed X band
+//                  and a packed grad_output band; vector partial sums per thread, reduced in
+//                  a fixed order (deterministic for a given thread count).
+//
+// The loops are compiled for AVX-512, AVX2+FMA and baseline x86-64 (intrinsics in functions
+// with target attributes; the variant is picked once by CPUID), never with -march=native.
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define CONVOPS_X86_KERNELS 1
+#endif
+
+#include "../common/conv_gemm.h"
 #include "direct_kernels.h"
 
+#define GROUPED_INLINE inline __attribute__((always_inline))
+
 namespace convops::cpu {
+namespace {
 
-at::Tensor grouped_forward(const at::Tensor&, const at::Tensor&, const c10::optional<at::Tensor>&,
-                             const Conv2dGeometry&) {
-  return {};
+std::atomic<int64_t> grouped_kernel_calls{0};
+
+// ----------------------------------------------------------------------------- vector traits
+// V: vector type, L: lanes, kAccRegs: accumulators the micro-kernels may keep in registers.
+
+template <typename T, int N>
+struct GenericVec {  // baseline: plain arrays the compiler vectorises with SSE2
+  using Scalar = T;
+  struct V {
+    T v[N];
+  };
+  static constexpr int L = N;
+  static constexpr int kAccRegs = 8;
+  static GROUPED_INLINE V zero() {
+    V r;
+    for (int i = 0; i < N; ++i) r.v[i] = T(0);
+    return r;
+  }
+  static GROUPED_INLINE V load(const T* p) {
+    V r;
+    for (int i = 0; i < N; ++i) r.v[i] = p[i];
+    return r;
+  }
+  static GROUPED_INLINE V bcast(T x) {
+    V r;
+    for (int i = 0; i < N; ++i) r.v[i] = x;
+    return r;
+  }
+  static GROUPED_INLINE V fma(V a, V b, V c) {
+    for (int i = 0; i < N; ++i) c.v[i] += a.v[i] * b.v[i];
+    return c;
+  }
+  static GROUPED_INLINE V add(V a, V b) {
+    for (int i = 0; i < N; ++i) a.v[i] += b.v[i];
+    return a;
+  }
+  static GROUPED_INLINE void store(T* p, V a) {
+    for (int i = 0; i < N; ++i) p[i] = a.v[i];
+  }
+};
+
+// ----------------------------------------------------------------------------- the problem
+
+// A strided 4-D source (N, channels, H, W), read through its strides (any memory format).
+template <typename T>
+struct Source {
+  const T* data;
+  int64_t stride_n, stride_c, stride_h, stride_w;
+  int64_t height, width;
+};
+
+// One correlation over all groups: see the file comment. The padding may be negative (an
+// input gradient with padding > dilation*(kernel-1) crops instead).
+template <typename T>
+struct Correlation {
+  Source<T> src;
+  int64_t up_h = 1, up_w = 1;          // zero-upsampling of the source (input grad: stride)
+  int64_t batch = 0, groups = 1;
+  int64_t channels = 0;                // reduction channels per group (of X)
+  int64_t outputs = 0;                 // output channels per group
+  int64_t out_h = 0, out_w = 0;
+  int64_t kernel_h = 1, kernel_w = 1;
+  int64_t stride_h = 1, stride_w = 1, dilation_h = 1, dilation_w = 1, pad_h = 0, pad_w = 0;
+
+  int64_t taps() const { return kernel_h * kernel_w; }
+  int64_t reduction() const { return channels * taps(); }
+  int64_t out_area() const { return out_h * out_w; }
+};
+
+// Packed band geometry, shared by the forward and the weight gradient: a band of `rows`
+// output rows reads `rows_in` rows of X, each stored as stride_w phases of phase_len.
+//
+// The micro-kernels walk "runs" of vectors. Row mode: one run per output row, rounded up to
+// whole vectors. Flat mode (stride 1): output position (r, ow) of the band is element
+// r * pitch + ow with pitch = the padded input row, so every tap reads pack[q + offset] for
+// all q and the whole band is one run; the pitch - out_w columns per row that do not exist
+// are computed and thrown away (2 of 58 at 56 wide, instead of 8 of 64 in row mode).
+struct BandLayout {
+  int64_t lanes;
+  bool flat;
+  int64_t rows, bands;      // output rows per band, bands per image
+  int64_t rows_in, phase_len, row_stride, chan_stride;
+  int64_t vectors;          // row mode: vectors per output row
+  int64_t pitch;            // elements per output row in the band buffers
+  int64_t plane;            // elements per channel of a band buffer (with overrun room)
+  int64_t runs(int64_t band_rows) const { return flat ? 1 : band_rows; }
+  int64_t run_vectors(int64_t band_rows) const {
+    return flat ? (band_rows * pitch + lanes - 1) / lanes : vectors;
+  }
+  int64_t x_run_step(int64_t stride_h) const { return flat ? 0 : stride_h * row_stride; }
+  int64_t buf_run_step() const { return flat ? 0 : pitch; }
+};
+
+// ~24 KiB per band of packed X plus the band buffer of `buffer_channels` channels: it stays in
+// L1 while every output channel of the group reads it kh*kw times.
+int64_t band_bytes() {
+  static const int64_t bytes = [] {
+    const char* env = std::getenv("CONVOPS_GROUPED_BAND_KB");
+    return (env ? std::atoll(env) : 24) << 10;
+  }();
+  return bytes;
 }
 
-at::Tensor grouped_input_grad(const at::Tensor&, const at::Tensor&,
-                                const c10::optional<at::Tensor>&, const Conv2dGeometry&) {
-  return {};
+int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+template <typename T>
+BandLayout band_layout(const Correlation<T>& p, int64_t lanes, int64_t buffer_channels) {
+  BandLayout b{};
+  b.lanes = lanes;
+  b.flat = p.stride_h == 1 && p.stride_w == 1;
+  b.vectors = (p.out_w + lanes - 1) / lanes;
+  const int64_t reach_w = (p.kernel_w - 1) * p.dilation_w;
+  if (b.flat) {
+    b.phase_len = p.out_w + reach_w;  // the padded input row
+    b.pitch = b.phase_len;
+  } else {
+    b.phase_len = b.vectors * lanes + reach_w / p.stride_w + 1;
+    b.pitch = b.vectors * lanes;
+  }
+  b.row_stride = p.stride_w * b.phase_len;
+  const int64_t per_out_row = (p.channels * p.stride_h * b.row_stride + buffer_channels * b.pitch) *
+                              int64_t(sizeof(T));
+  const int64_t rows = std::clamp<int64_t>(band_bytes() / std::max<int64_t>(1, per_out_row), 1, p.out_h);
+  const int64_t bands = (p.out_h + rows - 1) / rows;
+  b.rows = (p.out_h + bands - 1) / bands;  // equal bands, no sliver
+  b.bands = (p.out_h + b.rows - 1) / b.rows;
+  b.rows_in = (b.rows - 1) * p.stride_h + (p.kernel_h - 1) * p.dilation_h + 1;
+  // Flat runs read up to a vector (plus the kernel's reach) past the band's last row.
+  b.chan_stride = b.rows_in * b.row_stride + (b.flat ? reach_w + lanes : 0);
+  // Band buffer planes start on a vector boundary (aligned vector loads and stores).
+  b.plane = round_up(b.rows * b.pitch + lanes, lanes);
+  return b;
 }
 
-at::Tensor grouped_weight_grad(const at::Tensor&, const at::Tensor&, const Conv2dGeometry&) {
-  return {};
+// Offset of each (c, ki, kj) reduction step in a packed band, relative to the output row's
+// first packed row.
+template <typename T>
+std::vector<int64_t> tap_offsets(const Correlation<T>& p, const BandLayout& b) {
+  std::vector<int64_t> offs(p.reduction());
+  for (int64_t c = 0; c < p.channels; ++c) {
+    for (int64_t ki = 0; ki < p.kernel_h; ++ki) {
+      for (int64_t kj = 0; kj < p.kernel_w; ++kj) {
+        const int64_t xw = kj * p.dilation_w;
+        offs[(c * p.kernel_h + ki) * p.kernel_w + kj] =
+            c * b.chan_stride + ki * p.dilation_h * b.row_stride +
+            (xw % p.stride_w) * b.phase_len + xw / p.stride_w;
+      }
+    }
+  }
+  return offs;
+}
+
+// Output channels per register block (weights are zero-padded to a whole block).
+int64_t output_block(int64_t outputs) {
+  return outputs <= 1 ? 1 : outputs <= 2 ? 2 : outputs <= 4 ? 4 : 8;
+}
+
+// ----------------------------------------------------------------------------- forward
+
+// Everything one forward pass shares between its threads.
+template <typename T>
+struct ForwardPlan {
+  Correlation<T> p;
+  BandLayout band;
+  const T* wpack;   // [group][block][reduction][OB]
+  const T* bpack;   // [group][block][OB]
+  T* out;           // (N, groups*outputs, out_h, out_w), any strides (contiguous or
+  int64_t out_stride[4];  // channels_last: the output is written in its final format)
+  int64_t ob;       // output block
+  const int64_t* offs;
+  int64_t x_pack_elems;  // per thread scratch: X pack, then the band buffer (ob planes)
+};
+
+// ----------------------------------------------------------------------------- weight grad
+
+// Everything one weight-gradient pass shares between its threads. Items are ordered
+// (group, image, band) so that a thread's vector partial sums stay with one group at a time.
+template <typename T>
+struct WeightGradPlan {
+  Correlation<T> p;
+  BandLayout band;
+  Source<T> dy;        // grad_output (N, groups*outputs, out_h, out_w)
+  int64_t ob;          // output block
+  const int64_t* offs;
+  int64_t x_pack_elems, dy_pack_elems;  // per thread scratch: X pack, dy pack, then the
+                                        // vector sums of one group
+  T* partial;          // per share: (groups, outputs, channels, kh, kw)
+};
+
+template <typename T>
+int64_t padded_outputs(const WeightGradPlan<T>& w) {
+  return (w.p.outputs + w.ob - 1) / w.ob * w.ob;
+}
+
+// Adds the lanes of the group's vector sums (in lane order) into the share's partial result.
+template <typename T>
+void flush_group_sums(const WeightGradPlan<T>& w, int64_t group, int64_t lanes, T* sums,
+                      T* partial) {
+  const auto& p = w.p;
+  const int64_t per_o = p.reduction();
+  T* dst = partial + group * p.outputs * per_o;
+  for (int64_t o = 0; o < p.outputs; ++o) {
+    for (int64_t k = 0; k < per_o; ++k) {
+      const T* s = sums + (o * per_o + k) * lanes;
+      T total = T(0);
+      for (int64_t l = 0; l < lanes; ++l) total += s[l];
+      dst[o * per_o + k] += total;
+    }
+  }
+  std::memset(sums, 0, sizeof(T) * padded_outputs(w) * per_o * lanes);
+}
+
+// ----------------------------------------------------------------------------- ISA selection
+
+// ----------------------------------------------------------------------------- ISA variants
+
+template <typename T>
+struct KernelSet {
+  int64_t lanes;
+  void (*forward)(const ForwardPlan<T>&, int64_t, int64_t, T*);
+  void (*weight_grad)(const WeightGradPlan<T>&, int64_t, int64_t, T*, T*);
+};
+
+#define VEC_FN static inline __attribute__((always_inline))
+
+namespace baseline {
+using FloatVec = GenericVec<float, 8>;
+using DoubleVec = GenericVec<double, 4>;
+#include "grouped_conv2d_kernels.inc"
+}  // namespace baseline
+
+#ifdef CONVOPS_X86_KERNELS
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+namespace avx2 {
+struct FloatVec {
+  using Scalar = float;
+  using V = __m256;
+  static constexpr int L = 8;
+  static constexpr int kAccRegs = 12;  // of 16 ymm registers
+  VEC_FN V zero() { return _mm256_setzero_ps(); }
+  VEC_FN V load(const float* p) { return _mm256_loadu_ps(p); }
+  VEC_FN V bcast(float x) { return _mm256_set1_ps(x); }
+  VEC_FN V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  VEC_FN V add(V a, V b) { return _mm256_add_ps(a, b); }
+  VEC_FN void store(float* p, V a) { _mm256_storeu_ps(p, a); }
+};
+
+struct DoubleVec {
+  using Scalar = double;
+  using V = __m256d;
+  static constexpr int L = 4;
+  static constexpr int kAccRegs = 12;
+  VEC_FN V zero() { return _mm256_setzero_pd(); }
+  VEC_FN V load(const double* p) { return _mm256_loadu_pd(p); }
+  VEC_FN V bcast(double x) { return _mm256_set1_pd(x); }
+  VEC_FN V fma(V a, V b, V c) { return _mm256_fmadd_pd(a, b, c); }
+  VEC_FN V add(V a, V b) { return _mm256_add_pd(a, b); }
+  VEC_FN void store(double* p, V a) { _mm256_storeu_pd(p, a); }
+};
+#include "grouped_conv2d_kernels.inc"
+}  // namespace avx2
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx512f")
+namespace avx512 {
+struct FloatVec {
+  using Scalar = float;
+  using V = __m512;
+  static constexpr int L = 16;
+  static constexpr int kAccRegs = 24;  // of 32 zmm registers
+  VEC_FN V zero() { return _mm512_setzero_ps(); }
+  VEC_FN V load(const float* p) { return _mm512_loadu_ps(p); }
+  VEC_FN V bcast(float x) { return _mm512_set1_ps(x); }
+  VEC_FN V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  VEC_FN V add(V a, V b) { return _mm512_add_ps(a, b); }
+  VEC_FN void store(float* p, V a) { _mm512_storeu_ps(p, a); }
+};
+
+struct DoubleVec {
+  using Scalar = double;
+  using V = __m512d;
+  static constexpr int L = 8;
+  static constexpr int kAccRegs = 24;
+  VEC_FN V zero() { return _mm512_setzero_pd(); }
+  VEC_FN V load(const double* p) { return _mm512_loadu_pd(p); }
+  VEC_FN V bcast(double x) { return _mm512_set1_pd(x); }
+  VEC_FN V fma(V a, V b, V c) { return _mm512_fmadd_pd(a, b, c); }
+  VEC_FN V add(V a, V b) { return _mm512_add_pd(a, b); }
+  VEC_FN void store(double* p, V a) { _mm512_storeu_pd(p, a); }
+};
+
+#include "grouped_conv2d_kernels.inc"
+}  // namespace avx512
+#pragma GCC pop_options
+#endif
+
+enum class IsaLevel { kAvx512, kAvx2, kBaseline };
+
+// CONVOPS_GROUPED_ISA=avx2|default caps the choice, so the other variants can be tested on
+// an AVX-512 machine.
+IsaLevel detect_isa() {
+  const char* cap = std::getenv("CONVOPS_GROUPED_ISA");
+  const bool allow_avx512 = !cap || std::strcmp(cap, "avx512f") == 0;
+  const bool allow_avx2 = allow_avx512 || std::strcmp(cap, "avx2") == 0;
+#ifdef CONVOPS_X86_KERNELS
+  __builtin_cpu_init();
+  if (allow_avx512 && __builtin_cpu_supports("avx512f")) return IsaLevel::kAvx512;
+  if (allow_avx2 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+    return IsaLevel::kAvx2;
+#endif
+  return IsaLevel::kBaseline;
+}
+
+// The kernels of the best ISA this CPU has, picked once.
+template <typename T, class Vec512, class Vec2, class VecBase>
+KernelSet<T> pick_kernels() {
+  static const IsaLevel isa = detect_isa();
+#ifdef CONVOPS_X86_KERNELS
+  if (isa == IsaLevel::kAvx512) return {Vec512::L, &avx512::forward, &avx512::weight_grad};
+  if (isa == IsaLevel::kAvx2) return {Vec2::L, &avx2::forward, &avx2::weight_grad};
+#endif
+  return {VecBase::L, &baseline::forward, &baseline::weight_grad};
+}
+
+template <typename T>
+const KernelSet<T>& kernels();
+
+#ifdef CONVOPS_X86_KERNELS
+template <>
+const KernelSet<float>& kernels<float>() {
+  static const auto k = pick_kernels<float, avx512::FloatVec, avx2::FloatVec, baseline::FloatVec>();
+  return k;
+}
+template <>
+const KernelSet<double>& kernels<double>() {
+  static const auto k = pick_kernels<double, avx512::DoubleVec, avx2::DoubleVec, baseline::DoubleVec>();
+  return k;
+}
+#else
+template <>
+const KernelSet<float>& kernels<float>() {
+  static const auto k = pick_kernels<float, baseline::FloatVec, baseline::FloatVec, baseline::FloatVec>();
+  return k;
+}
+template <>
+const KernelSet<double>& kernels<double>() {
+  static const auto k = pick_kernels<double, baseline::DoubleVec, baseline::DoubleVec, baseline::DoubleVec>();
+  return k;
+}
+#endif
+
+// ----------------------------------------------------------------------------- drivers
+
+// The X pack, rounded up so that what follows it in the scratch stays vector-aligned.
+template <typename T>
+int64_t x_pack_elems(const Correlation<T>& p, const BandLayout& b) {
+  return round_up(p.channels * b.chan_stride, b.lanes);
+}
+
+template <typename T>
+Source<T> source_of(const at::Tensor& t) {
+  return {t.data_ptr<T>(), t.stride(0), t.stride(1), t.stride(2), t.stride(3), t.size(2),
+          t.size(3)};
+}
+
+// weight_at(group, o, c, ki, kj) packed as [group][block][c][ki][kj][OB], bias as [group][block][OB].
+template <typename T, class WeightAt>
+void pack_weights(const Correlation<T>& p, int64_t ob, const WeightAt& weight_at,
+                  const T* bias, std::vector<T>& wpack, std::vector<T>& bpack) {
+  const int64_t blocks = (p.outputs + ob - 1) / ob, k_total = p.reduction();
+  wpack.assign(p.groups * blocks * k_total * ob, T(0));
+  bpack.assign(p.groups * blocks * ob, T(0));
+  for (int64_t grp = 0; grp < p.groups; ++grp) {
+    for (int64_t o = 0; o < p.outputs; ++o) {
+      const int64_t blk = o / ob, lane = o % ob;
+      T* wb = wpack.data() + (grp * blocks + blk) * k_total * ob;
+      for (int64_t c = 0; c < p.channels; ++c)
+        for (int64_t ki = 0; ki < p.kernel_h; ++ki)
+          for (int64_t kj = 0; kj < p.kernel_w; ++kj)
+            wb[((c * p.kernel_h + ki) * p.kernel_w + kj) * ob + lane] = weight_at(grp, o, c, ki, kj);
+      if (bias) bpack[(grp * blocks + blk) * ob + lane] = bias[grp * p.outputs + o];
+    }
+  }
+}
+
+// out (N, groups*outputs, out_h, out_w), any strides, = the correlation, all groups in one pass.
+template <typename T, class WeightAt>
+void run_correlation(const Correlation<T>& p, const WeightAt& weight_at, const T* bias,
+                     at::Tensor& out) {
+  const auto& ks = kernels<T>();
+  const int64_t ob = output_block(p.outputs);
+  const BandLayout band = band_layout(p, ks.lanes, ob);
+  std::vector<T> wpack, bpack;
+  pack_weights(p, ob, weight_at, bias, wpack, bpack);
+  const std::vector<int64_t> offs = tap_offsets(p, band);
+  const ForwardPlan<T> f{p, band, wpack.data(), bpack.data(), out.data_ptr<T>(),
+                         {out.stride(0), out.stride(1), out.stride(2), out.stride(3)}, ob,
+                         offs.data(), x_pack_elems(p, band)};
+  const int64_t per_thread = round_up(f.x_pack_elems + ob * band.plane, band.lanes);
+  const ScratchBuffer scratch(at::get_num_threads() * per_thread, out.options());
+  const int64_t items = p.batch * p.groups * band.bands;
+  at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
+    ks.forward(f, begin, end, scratch.tensor().data_ptr<T>() + at::get_thread_num() * per_thread);
+  });
+}
+
+// Few channels per group, more than one group, not depthwise (csrc/cpu/depthwise.cpp).
+// Up to 16 channels per group on either side: measured faster than the per-group GEMMs.
+constexpr int64_t kMaxChannelsPerGroup = 16;
+
+bool claims(const Conv2dGeometry& g) {
+  return g.groups > 1 && g.groups != g.in_channels && g.in_per_group() >= 1 &&
+         g.out_per_group() >= 1 && g.in_per_group() <= kMaxChannelsPerGroup &&
+         g.out_per_group() <= kMaxChannelsPerGroup;
+}
+
+// The conv2d geometry as a correlation over `src` (the forward and the weight gradient).
+template <typename T>
+Correlation<T> conv_correlation(const Conv2dGeometry& g, const at::Tensor& src) {
+  Correlation<T> p;
+  p.src = source_of<T>(src);
+  p.batch = g.batch;
+  p.groups = g.groups;
+  p.channels = g.in_per_group();
+  p.outputs = g.out_per_group();
+  p.out_h = g.out_h;
+  p.out_w = g.out_w;
+  p.kernel_h = g.kernel_h;
+  p.kernel_w = g.kernel_w;
+  p.stride_h = g.stride_h;
+  p.stride_w = g.stride_w;
+  p.dilation_h = g.dilation_h;
+  p.dilation_w = g.dilation_w;
+  p.pad_h = g.pad_h;
+  p.pad_w = g.pad_w;
+  return p;
+}
+
+// conv2d's input gradient as a stride-1 correlation over grad_output upsampled by the stride,
+// with the kernel flipped (padding d*(k-1)-p) and its channel roles swapped.
+template <typename T>
+Correlation<T> input_grad_correlation(const Conv2dGeometry& g, const at::Tensor& grad_output) {
+  Correlation<T> p;
+  p.src = source_of<T>(grad_output);
+  p.up_h = g.stride_h;
+  p.up_w = g.stride_w;
+  p.batch = g.batch;
+  p.groups = g.groups;
+  p.channels = g.out_per_group();
+  p.outputs = g.in_per_group();
+  p.out_h = g.in_h;
+  p.out_w = g.in_w;
+  p.kernel_h = g.kernel_h;
+  p.kernel_w = g.kernel_w;
+  p.dilation_h = g.dilation_h;
+  p.dilation_w = g.dilation_w;
+  p.pad_h = g.dilation_h * (g.kernel_h - 1) - g.pad_h;
+  p.pad_w = g.dilation_w * (g.kernel_w - 1) - g.pad_w;
+  return p;
+}
+
+const at::Tensor optional_bias(const c10::optional<at::Tensor>& bias, at::ScalarType dtype) {
+  return (bias.has_value() && bias->defined()) ? bias->to(dtype).contiguous() : at::Tensor();
+}
+
+template <typename T>
+const T* data_or_null(const at::Tensor& t) {
+  return t.defined() ? t.data_ptr<T>() : nullptr;
+}
+
+// grad_w (groups*outputs, channels, kh, kw) = sum over images and positions of dy x X; one
+// share of the (group, image, band) items per thread, partial results added in share order.
+template <typename T>
+void run_weight_grad(const Correlation<T>& p, const at::Tensor& grad_output, at::Tensor& grad_w) {
+  const auto& ks = kernels<T>();
+  const int64_t ob = output_block(p.outputs);
+  const int64_t opad = (p.outputs + ob - 1) / ob * ob;
+  const BandLayout band = band_layout(p, ks.lanes, opad);
+  const std::vector<int64_t> offs = tap_offsets(p, band);
+  WeightGradPlan<T> w{p, band, source_of<T>(grad_output), ob, offs.data(), 0, 0, nullptr};
+  w.x_pack_elems = x_pack_elems(p, band);
+  w.dy_pack_elems = opad * band.plane;
+  const int64_t per_thread = w.x_pack_elems + w.dy_pack_elems + opad * p.reduction() * ks.lanes;
+  const int64_t items = p.groups * p.batch * band.bands;
+  const int64_t shares = std::min<int64_t>(at::get_num_threads(), items);
+  const int64_t result = grad_w.numel();
+  const ScratchBuffer scratch(at::get_num_threads() * per_thread, grad_w.options());
+  const ScratchBuffer partial(shares * result, grad_w.options());
+  T* partial_data = partial.tensor().zero_().data_ptr<T>();
+  w.partial = partial_data;
+  at::parallel_for(0, shares, 1, [&](int64_t begin, int64_t end) {
+    T* mine = scratch.tensor().data_ptr<T>() + at::get_thread_num() * per_thread;
+    for (int64_t s = begin; s < end; ++s) {
+      ks.weight_grad(w, s * items / shares, (s + 1) * items / shares, mine,
+                     partial_data + s * result);
+    }
+  });
+  T* out = grad_w.data_ptr<T>();
+  for (int64_t s = 0; s < shares; ++s) {
+    const T* part = partial_data + s * result;
+    for (int64_t i = 0; i < result; ++i) out[i] += part[i];
+  }
+}
+
+}  // namespace
+
+int64_t grouped_kernel_calls_count(bool reset) {
+  return reset ? grouped_kernel_calls.exchange(0) : grouped_kernel_calls.load();
+}
+
+at::Tensor grouped_forward(const at::Tensor& input, const at::Tensor& weight,
+                           const c10::optional<at::Tensor>& bias, const Conv2dGeometry& g) {
+  if (!claims(g)) return {};
+  ++grouped_kernel_calls;
+  const auto cdt = compute_dtype(input.scalar_type());
+  const auto x = input.to(cdt);
+  const auto w = weight.to(cdt).contiguous();
+  const auto b = optional_bias(bias, cdt);
+  const auto format = conv_output_format(input, weight);
+  auto out = at::empty({g.batch, g.out_channels, g.out_h, g.out_w},
+                       x.options().memory_format(format));
+  if (out.numel() > 0) {
+    AT_DISPATCH_FLOATING_TYPES(cdt, "convops_grouped_forward", [&] {
+      const scalar_t* wd = w.data_ptr<scalar_t>();
+      const int64_t kh = g.kernel_h, kw = g.kernel_w, cpg = g.in_per_group(),
+                    opg = g.out_per_group();
+      run_correlation(conv_correlation<scalar_t>(g, x),
+                      [&](int64_t grp, int64_t o, int64_t c, int64_t ki, int64_t kj) {
+                        return wd[(((grp * opg + o) * cpg + c) * kh + ki) * kw + kj];
+                      },
+                      data_or_null<scalar_t>(b), out);
+    });
+  }
+  return out.to(input.scalar_type()).contiguous(format);
+}
+
+at::Tensor grouped_input_grad(const at::Tensor& grad_output, const at::Tensor& weight,
+                              const c10::optional<at::Tensor>& bias, const Conv2dGeometry& g) {
+  if (!claims(g)) return {};
+  ++grouped_kernel_calls;
+  const auto cdt = compute_dtype(grad_output.scalar_type());
+  const auto y = grad_output.to(cdt);
+  const auto w = weight.to(cdt).contiguous();
+  const auto b = optional_bias(bias, cdt);
+  const auto format = conv_output_format(grad_output, weight);
+  auto images = at::empty({g.batch, g.in_channels, g.in_h, g.in_w},
+                          y.options().memory_format(format));
+  if (images.numel() > 0) {
+    AT_DISPATCH_FLOATING_TYPES(cdt, "convops_grouped_input_grad", [&] {
+      const scalar_t* wd = w.data_ptr<scalar_t>();
+      const int64_t kh = g.kernel_h, kw = g.kernel_w, cpg = g.in_per_group(),
+                    opg = g.out_per_group();
+      // Output o of the correlation is input channel o of the group; its reduction channel c
+      // is output channel c of the conv; the kernel is flipped.
+      run_correlation(input_grad_correlation<scalar_t>(g, y),
+                      [&](int64_t grp, int64_t o, int64_t c, int64_t ki, int64_t kj) {
+                        return wd[(((grp * opg + c) * cpg + o) * kh + (kh - 1 - ki)) * kw +
+                                  (kw - 1 - kj)];
+                      },
+                      data_or_null<scalar_t>(b), images);
+    });
+  }
+  return images.to(grad_output.scalar_type()).contiguous(format);
+}
+
+at::Tensor grouped_weight_grad(const at::Tensor& grad_output, const at::Tensor& input,
+                               const Conv2dGeometry& g) {
+  if (!claims(g)) return {};
+  ++grouped_kernel_calls;
+  const auto cdt = compute_dtype(input.scalar_type());
+  const auto x = input.to(cdt);
+  const auto go = grad_output.to(cdt);
+  auto grad_w = at::zeros({g.out_channels, g.in_per_group(), g.kernel_h, g.kernel_w}, x.options());
+  if (g.batch > 0 && g.out_h > 0 && g.out_w > 0) {
+    AT_DISPATCH_FLOATING_TYPES(cdt, "convops_grouped_weight_grad", [&] {
+      run_weight_grad(conv_correlation<scalar_t>(g, x), go, grad_w);
+    });
+  }
+  return grad_w.to(input.scalar_type());
 }
 
 }  // namespace convops::cpu

@@ -8,6 +8,7 @@
 
 #include "../common/build_info.h"
 #include "../common/conv_gemm.h"
+#include "direct_kernels.h"
 
 #define CONVOPS_STR_(...) #__VA_ARGS__
 #define CONVOPS_STR(...) CONVOPS_STR_(__VA_ARGS__)
@@ -75,17 +76,17 @@ __global__ void col2im_kernel(const T* __restrict__ columns, T* __restrict__ ima
 struct CudaBackend {
   // Specialised kernels claim their geometries here (see conv_gemm.h); undefined = GEMM path.
   // [depthwise / grouped]
-  static at::Tensor direct_forward(const at::Tensor&, const at::Tensor&,
-                                   const c10::optional<at::Tensor>&, const Conv2dGeometry&) {
-    return {};
+  static at::Tensor direct_forward(const at::Tensor& x, const at::Tensor& w,
+                                   const c10::optional<at::Tensor>& bias, const Conv2dGeometry& g) {
+    return gpu::depthwise_forward(x, w, bias, g);
   }
   // input: the conv_transpose2d input (conv2d's grad_output); the result is conv2d's input grad.
-  static at::Tensor direct_input_grad(const at::Tensor&, const at::Tensor&,
-                                      const c10::optional<at::Tensor>&, const Conv2dGeometry&) {
-    return {};
+  static at::Tensor direct_input_grad(const at::Tensor& y, const at::Tensor& w,
+                                      const c10::optional<at::Tensor>& bias, const Conv2dGeometry& g) {
+    return gpu::depthwise_input_grad(y, w, bias, g);
   }
-  static at::Tensor direct_weight_grad(const at::Tensor&, const at::Tensor&, const Conv2dGeometry&) {
-    return {};
+  static at::Tensor direct_weight_grad(const at::Tensor& go, const at::Tensor& x, const Conv2dGeometry& g) {
+    return gpu::depthwise_weight_grad(go, x, g);
   }
 
   // The generic tiles (one cuBLAS GEMM per tile) are the CUDA schedule.

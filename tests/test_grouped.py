@@ -1,0 +1,276 @@
+"""Grouped convolution with few channels per group (csrc/cpu/grouped_conv2d.cpp) against
+torch.nn.functional: outputs and every gradient over a grid that the grouped kernel claims,
+dtypes, layouts, autograd checks, opcheck, torch.compile, determinism, errors.
+
+That the grouped kernel (and not the im2col+GEMM path) computed a result is checked with
+torch.ops.convops._grouped_kernel_calls, a counter the kernel bumps each time it claims a
+call (forward, input gradient, weight gradient)."""
+import math
+import re
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import convops.functional as cF
+
+from conftest import assert_close, compare_with_reference, make
+
+ops = torch.ops.convops
+
+
+def _calls(reset=False):
+    return ops._grouped_kernel_calls(reset)
+
+
+def _scale(w_shape, batch=1):
+    return max(1.0, math.sqrt(math.prod(w_shape[1:]) * max(batch, 1)) / 3)
+
+
+# (groups, in per group, out per group, input (N, H, W), kernel (kh, kw), kwargs). One input
+# channel per group means groups == in_channels: depthwise, not this kernel's.
+GRID = {
+    "g3_c2to1_k3": (3, 2, 1, (2, 7, 9), (3, 3), dict(padding=1)),
+    "g2_c3to5_s2": (2, 3, 5, (3, 9, 8), (3, 3), dict(stride=2, padding=1)),
+    "g4_c4to8_k3x2": (4, 4, 8, (1, 7, 9), (3, 2), dict(padding=(1, 0))),
+    "g4_c2_k5_d2_p2": (4, 2, 2, (2, 11, 10), (5, 5), dict(dilation=2, padding=2)),
+    "g8_c4_k1": (8, 4, 4, (3, 5, 7), (1, 1), {}),
+    "g8_c2to1_k1_s2_p1": (8, 2, 1, (2, 7, 6), (1, 1), dict(stride=2, padding=1)),
+    "g32_c4_resnext": (32, 4, 4, (2, 9, 9), (3, 3), dict(padding=1)),
+    "g32_c8_s2": (32, 8, 8, (1, 8, 9), (3, 3), dict(stride=2, padding=1)),
+    "g2_c8to3_d2_s2": (2, 8, 3, (3, 13, 11), (3, 3), dict(stride=2, dilation=2, padding=2)),
+    "g3_c6to7_asym": (3, 6, 7, (2, 10, 12), (3, 5), dict(stride=(2, 1), padding=(0, 2), dilation=(1, 2))),
+    "g4_c5to6_pad0_k2": (4, 5, 6, (1, 6, 17), (2, 2), {}),
+    "g2_c16_k3_wide": (2, 16, 16, (1, 5, 40), (3, 3), dict(padding=1)),
+    "g2_c7to9_s3_odd": (2, 7, 9, (2, 11, 9), (3, 3), dict(stride=3, padding=2)),
+    "g4_c3_kernel_eq_input": (4, 3, 3, (2, 5, 6), (5, 6), {}),
+    "g2_c2_pad_gt_kernel": (2, 2, 2, (1, 4, 5), (1, 3), dict(padding=2)),
+    "g4_c2_height1": (4, 2, 2, (2, 1, 13), (1, 3), dict(stride=(1, 2))),
+}
+
+
+def _shapes(case):
+    groups, cin, cout, (n, h, w), (kh, kw), kwargs = GRID[case]
+    return (n, groups * cin, h, w), (groups * cout, cin, kh, kw), dict(groups=groups, **kwargs)
+
+
+def _parity(x_shape, w_shape, kwargs, dtype, bias=True, x_layout="contiguous",
+            w_layout="contiguous", scale=None):
+    torch.manual_seed(0)
+    x = make(x_shape, dtype, layout=x_layout, requires_grad=True)
+    w = make(w_shape, dtype, layout=w_layout, requires_grad=True)
+    b = make((w_shape[0],), dtype, requires_grad=True) if bias else None
+    return compare_with_reference(lambda x, w, b: cF.conv2d(x, w, b, **kwargs),
+                                  lambda x, w, b: F.conv2d(x, w, b, **kwargs),
+                                  [x, w, b], dtype, scale or _scale(w_shape, x_shape[0]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("case", list(GRID))
+def test_grouped_parity_uses_grouped_kernel(case, dtype):
+    x_shape, w_shape, kwargs = _shapes(case)
+    _calls(reset=True)
+    _parity(x_shape, w_shape, kwargs, dtype, bias=list(GRID).index(case) % 2 == 0)
+    # forward, input gradient and weight gradient all ran in the grouped kernel
+    assert _calls() == 3
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
+@pytest.mark.parametrize("case", ["g32_c4_resnext", "g2_c3to5_s2", "g4_c4to8_k3x2"])
+def test_grouped_low_precision(case, dtype):
+    x_shape, w_shape, kwargs = _shapes(case)
+    _calls(reset=True)
+    out = _parity(x_shape, w_shape, kwargs, dtype)
+    assert out.dtype == dtype
+    assert _calls() == 3
+
+
+@pytest.mark.parametrize("batch", [0, 1, 3])
+def test_grouped_batch_sizes(batch):
+    x_shape, w_shape, kwargs = (batch, 8, 7, 9), (12, 2, 3, 3), dict(groups=4, padding=1)
+    out = _parity(x_shape, w_shape, kwargs, torch.float64)
+    assert out.shape == (batch, 12, 7, 9)
+
+
+def test_grouped_batch0_gradients():
+    x = torch.randn(0, 8, 5, 5, requires_grad=True)
+    w = torch.randn(8, 2, 3, 3, requires_grad=True)
+    out = cF.conv2d(x, w, None, padding=1, groups=4)
+    assert out.shape == (0, 8, 5, 5)
+    gx, gw = torch.autograd.grad(out.sum(), (x, w))
+    assert gx.shape == x.shape
+    assert torch.equal(gw, torch.zeros_like(w))
+
+
+@pytest.mark.parametrize("x_layout,w_layout", [("channels_last", "contiguous"),
+                                               ("contiguous", "channels_last"),
+                                               ("channels_last", "channels_last"),
+                                               ("strided", "contiguous"),
+                                               ("contiguous", "strided")])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_grouped_layouts(x_layout, w_layout, dtype):
+    x_shape, w_shape, kwargs = (2, 16, 9, 7), (16, 4, 3, 3), dict(groups=4, padding=1, stride=(1, 2))
+    _calls(reset=True)
+    out = _parity(x_shape, w_shape, kwargs, dtype, x_layout=x_layout, w_layout=w_layout)
+    ref = F.conv2d(make(x_shape, dtype, layout=x_layout), make(w_shape, dtype, layout=w_layout),
+                   groups=4, padding=1, stride=(1, 2))
+    # the output keeps torch's memory format
+    assert out.is_contiguous(memory_format=torch.channels_last) == \
+        ref.is_contiguous(memory_format=torch.channels_last)
+    assert out.is_contiguous() == ref.is_contiguous()
+    assert _calls() == 3
+
+
+def test_grouped_unbatched():
+    torch.manual_seed(0)
+    x = torch.randn(8, 9, 7, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(12, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+    _calls(reset=True)
+    out = compare_with_reference(lambda x, w: cF.conv2d(x, w, groups=4, stride=(2, 1), padding=1),
+                                 lambda x, w: F.conv2d(x, w, groups=4, stride=(2, 1), padding=1),
+                                 [x, w], torch.float64)
+    assert out.dim() == 3
+    assert _calls() == 3
+
+
+@pytest.mark.parametrize("kwargs", [dict(stride=2, padding=1, output_padding=1),
+                                    dict(stride=(1, 2), padding=(0, 2), dilation=(2, 1)),
+                                    dict(stride=1, padding=0),
+                                    dict(stride=3, padding=1, output_padding=(2, 0), dilation=2)])
+def test_grouped_conv_transpose2d(kwargs):
+    """conv_transpose2d's forward is the grouped kernel's input gradient (and its backward the
+    grouped forward and weight gradient)."""
+    torch.manual_seed(0)
+    x = make((2, 12, 5, 6), torch.float64, requires_grad=True)
+    w = make((12, 2, 3, 3), torch.float64, requires_grad=True)  # 4 groups: 3 -> 2 per group
+    b = make((8,), torch.float64, requires_grad=True)
+    _calls(reset=True)
+    compare_with_reference(lambda x, w, b: cF.conv_transpose2d(x, w, b, groups=4, **kwargs),
+                           lambda x, w, b: F.conv_transpose2d(x, w, b, groups=4, **kwargs),
+                           [x, w, b], torch.float64)
+    assert _calls() == 3
+
+
+def test_grouped_gradcheck_and_gradgradcheck():
+    torch.manual_seed(0)
+    x = torch.randn(1, 4, 4, 5, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(6, 2, 3, 2, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    fn = lambda x, w, b: cF.conv2d(x, w, b, stride=(2, 1), padding=1, dilation=(1, 2), groups=2)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x, w, b))
+    assert torch.autograd.gradgradcheck(fn, (x, w, b))
+
+
+def test_grouped_opcheck():
+    x = torch.randn(2, 8, 6, 7)
+    w = torch.randn(8, 2, 3, 3, requires_grad=True)
+    b = torch.randn(8, requires_grad=True)
+    torch.library.opcheck(ops.conv2d, (x.requires_grad_(), w, b, [1, 2], [1, 1], [1, 1], 4))
+
+
+def test_grouped_torch_compile_fullgraph():
+    torch.manual_seed(0)
+    x = torch.randn(2, 16, 9, 9, requires_grad=True)
+    w = torch.randn(16, 4, 3, 3, requires_grad=True)
+
+    def f(x, w):
+        return torch.relu(cF.conv2d(x, w, None, padding=1, groups=4)).sum()
+
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    got = compiled(x, w)
+    gx, gw = torch.autograd.grad(got, (x, w))
+    ref = torch.relu(F.conv2d(x, w, None, padding=1, groups=4)).sum()
+    rx, rw = torch.autograd.grad(ref, (x, w))
+    assert_close(got, ref, scale=10)
+    assert_close(gx, rx)
+    assert_close(gw, rw, scale=3)
+
+
+def test_grouped_deterministic():
+    """Two runs give bitwise equal outputs and gradients (the weight gradient's per-thread
+    partial sums are added in a fixed order)."""
+    torch.manual_seed(0)
+    x = torch.randn(8, 64, 20, 20, requires_grad=True)
+    w = torch.randn(64, 4, 3, 3, requires_grad=True)
+    gy = torch.randn(8, 64, 20, 20)
+
+    def run():
+        out = cF.conv2d(x, w, None, padding=1, groups=16)
+        return (out,) + torch.autograd.grad(out, (x, w), gy)
+
+    first, second = run(), run()
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name,x_shape,w_shape,groups,claimed", [
+    ("resnext", (1, 16, 6, 6), (16, 4, 3, 3), 4, True),
+    ("unequal_per_group", (1, 8, 6, 6), (16, 4, 3, 3), 2, True),
+    ("dense", (1, 8, 6, 6), (8, 8, 3, 3), 1, False),
+    ("depthwise", (1, 8, 6, 6), (8, 1, 3, 3), 8, False),
+    ("many_per_group", (1, 64, 6, 6), (64, 32, 3, 3), 2, False),
+])
+def test_grouped_kernel_claims(name, x_shape, w_shape, groups, claimed):
+    """The grouped kernel takes groups > 1 with up to 16 channels per group; dense and
+    depthwise convolutions (and wide groups) go elsewhere."""
+    x, w = torch.randn(x_shape), torch.randn(w_shape)
+    _calls(reset=True)
+    assert_close(cF.conv2d(x, w, groups=groups, padding=1), F.conv2d(x, w, groups=groups, padding=1))
+    assert _calls() == (1 if claimed else 0)
+
+
+def _torch_message(fn):
+    with pytest.raises(RuntimeError) as info:
+        fn()
+    # torch prints this one size as [[5, 2, 3, 3]] (a list inside its message); ours [5, 2, 3, 3]
+    return re.sub(r"\[\[([^\]]*)\]\]", r"[\1]", str(info.value).splitlines()[0])
+
+
+@pytest.mark.parametrize("x_shape,w_shape,groups", [
+    ((2, 5, 5, 5), (6, 2, 3, 3), 2),   # input channels not divisible by groups
+    ((2, 4, 5, 5), (5, 2, 3, 3), 2),   # output channels not divisible by groups
+    ((2, 4, 5, 5), (2, 1, 3, 3), 4),   # fewer output channels than groups
+    ((2, 8, 5, 5), (8, 4, 3, 3), 4),   # weight's in-channels x groups != input channels
+])
+def test_grouped_errors_match_torch(x_shape, w_shape, groups):
+    x, w = torch.randn(x_shape), torch.randn(w_shape)
+    expected = _torch_message(lambda: F.conv2d(x, w, groups=groups))
+    assert _torch_message(lambda: cF.conv2d(x, w, groups=groups)) == expected
+    assert _torch_message(lambda: ops.conv2d(x, w, None, [1, 1], [0, 0], [1, 1], groups)) == expected
+
+
+_OTHER_ISA_SCRIPT = r"""
+import torch, torch.nn.functional as F
+import convops.functional as cF
+torch.manual_seed(0)
+ops = torch.ops.convops
+for dtype in (torch.float64, torch.float32):
+    for (groups, cin, cout, kw) in [(4, 4, 4, dict(padding=1)), (2, 3, 5, dict(stride=2, dilation=2, padding=2))]:
+        x = torch.randn(2, groups * cin, 9, 11, dtype=dtype, requires_grad=True)
+        w = torch.randn(groups * cout, cin, 3, 3, dtype=dtype, requires_grad=True)
+        ops._grouped_kernel_calls(True)
+        y, r = cF.conv2d(x, w, groups=groups, **kw), F.conv2d(x, w, groups=groups, **kw)
+        gy = torch.randn_like(r)
+        mine, ref = torch.autograd.grad(y, (x, w), gy), torch.autograd.grad(r, (x, w), gy)
+        assert ops._grouped_kernel_calls() == 3
+        tol = 1e-10 if dtype == torch.float64 else 1e-4
+        for a, b in zip((y,) + mine, (r,) + ref):
+            torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("isa", ["avx2", "default"])
+def test_grouped_other_isa_variants(isa):
+    """The AVX2 and baseline variants, forced on this machine with CONVOPS_GROUPED_ISA (the
+    kernel picks its variant once per process, hence the subprocess)."""
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, CONVOPS_GROUPED_ISA=isa)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    done = subprocess.run([sys.executable, "-c", _OTHER_ISA_SCRIPT], env=env, cwd=root,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().endswith("ok")
