@@ -89,9 +89,6 @@ inline DeformGeometry deform_conv2d_geometry(const at::Tensor& input, const at::
   TORCH_CHECK(g.out_h > 0 && g.out_w > 0, "deform_conv2d: calculated output size (", g.out_h,
               " x ", g.out_w, ") is too small for input of size ", input.sizes(),
               " and kernel (", kh, " x ", kw, ") with the given padding and dilation");
-  // Sampling indices inside a plane are 32-bit (see the CPU kernel).
-  TORCH_CHECK(g.in_h * g.in_w < (int64_t(1) << 31), "deform_conv2d: input planes of more than "
-              "2^31 elements are not supported, but got input of size ", input.sizes());
 
   const auto expected = [&](int64_t channels) {
     return sizes_str(std::array<int64_t, 4>{g.batch, channels, g.out_h, g.out_w});

@@ -83,8 +83,8 @@ struct BandArgs {
   int64_t oh0, rows;  // output rows [oh0, oh0 + rows)
 };
 
-// Calls fn(p, tap, og, point, mask value, position index in the plane) for every sampling point of
-// the band, then fn_segments handles the channels; here just the enumeration.
+// Calls fn(p, tap, og, e, pos, point, mask value) for every sampling point of the band: p is the
+// position in the band, pos in the output plane, e = og * taps + tap the offset/mask row.
 template <typename T, class Fn>
 CONVOPS_INLINE void for_each_point(const BandArgs<T>& a, Fn&& fn) {
   const auto& d = *a.d;
