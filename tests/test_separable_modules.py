@@ -153,9 +153,13 @@ def _torch_depthwise_separable(m):
     return ref
 
 
-@pytest.mark.parametrize("padding_mode", ["zeros", "reflect", "replicate", "circular"])
-@pytest.mark.parametrize("kwargs", [dict(padding=1), dict(stride=2, padding=(2, 1), dilation=(2, 1), depth_multiplier=2),
-                                    dict(padding="same", bias=False, kernel_size=(4, 3))])
+_DWS_KWARGS = [dict(padding=1), dict(stride=2, padding=(2, 1), dilation=(2, 1), depth_multiplier=2),
+               dict(padding="same", bias=False, kernel_size=(4, 3))]
+
+
+@pytest.mark.parametrize("kwargs,padding_mode", [(kw, "zeros") for kw in _DWS_KWARGS] +
+                         [(kw, mode) for kw, mode in zip(_DWS_KWARGS, ["reflect", "replicate", "circular"])] +
+                         [(_DWS_KWARGS[0], "reflect")])
 def test_depthwise_separable_module_matches_torch(kwargs, padding_mode):
     torch.manual_seed(0)
     kwargs = dict(kwargs)
