@@ -60,6 +60,11 @@ inline at::ScalarType compute_dtype(at::ScalarType t) {
   return (t == at::kHalf || t == at::kBFloat16) ? at::kFloat : t;
 }
 
+// An optional operand (a bias) as a contiguous tensor of `dtype`, or an undefined tensor.
+inline at::Tensor contiguous_or_undefined(const c10::optional<at::Tensor>& t, at::ScalarType dtype) {
+  return (t.has_value() && t->defined()) ? t->to(dtype).contiguous() : at::Tensor();
+}
+
 // Like ATen: the output is channels_last when the input or the weight is.
 inline at::MemoryFormat conv_output_format(const at::Tensor& input, const at::Tensor& weight) {
   auto is_cl = [](const at::Tensor& t) {
@@ -190,7 +195,7 @@ at::Tensor conv2d_gemm(const at::Tensor& input, const at::Tensor& weight,
   const auto cdt = compute_dtype(input.scalar_type());
   const auto x = input.to(cdt).contiguous();
   const auto w = weight.to(cdt).contiguous().view({g.groups, g.out_per_group(), g.col_rows_per_group()});
-  const at::Tensor b = (bias.has_value() && bias->defined()) ? bias->to(cdt) : at::Tensor();
+  const at::Tensor b = contiguous_or_undefined(bias, cdt);
   // Every output element is written by a GEMM, unless the reduction is empty (no channels).
   const bool empty_reduction = g.col_rows_per_group() == 0;
   auto out = empty_reduction ? at::zeros({g.batch, g.out_channels, g.out_h, g.out_w}, x.options())

@@ -698,16 +698,12 @@ std::pair<at::Tensor, at::Tensor> channels_last_params(const at::Tensor& w, cons
   return {wt, bt};
 }
 
-at::Tensor defined_or_empty(const c10::optional<at::Tensor>& t, at::ScalarType dtype) {
-  return (t.has_value() && t->defined()) ? t->to(dtype).contiguous() : at::Tensor();
-}
-
 // conv2d forward for a depthwise geometry; result in the compute dtype.
 at::Tensor forward_compute(const at::Tensor& input, const at::Tensor& weight,
                            const c10::optional<at::Tensor>& bias, const Conv2dGeometry& g) {
   const auto cdt = compute_dtype(input.scalar_type());
   const auto w = weight.to(cdt).contiguous();
-  const auto b = defined_or_empty(bias, cdt);
+  const auto b = contiguous_or_undefined(bias, cdt);
   const bool nhwc = is_channels_last(input) && g.out_channels == g.in_channels;
   const auto format = nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   const auto x = input.to(cdt).contiguous(format);
@@ -747,7 +743,7 @@ at::Tensor input_grad_compute(const at::Tensor& grad_output, const at::Tensor& w
                               const c10::optional<at::Tensor>& bias, const Conv2dGeometry& g) {
   const auto cdt = compute_dtype(grad_output.scalar_type());
   const auto w = weight.to(cdt).contiguous();
-  const auto b = defined_or_empty(bias, cdt);
+  const auto b = contiguous_or_undefined(bias, cdt);
   const bool nhwc = is_channels_last(grad_output) && g.out_channels == g.in_channels;
   const auto format = nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   const auto y = grad_output.to(cdt).contiguous(format);
@@ -849,10 +845,10 @@ at::Tensor separable_forward_compute(const at::Tensor& input, const at::Tensor& 
   const auto cdt = compute_dtype(input.scalar_type());
   const auto x = input.to(cdt).contiguous();
   const auto w = dw_weight.to(cdt).contiguous();
-  const auto b = defined_or_empty(dw_bias, cdt);
+  const auto b = contiguous_or_undefined(dw_bias, cdt);
   const int64_t out_channels = pw_weight.size(0);
   const auto pw = pw_weight.to(cdt).contiguous().view({out_channels, g.out_channels});
-  const auto pb = defined_or_empty(pw_bias, cdt);
+  const auto pb = contiguous_or_undefined(pw_bias, cdt);
   auto out = at::empty({g.batch, out_channels, g.out_h, g.out_w}, x.options());
   if (out.numel() == 0) return out;
   const int64_t band_rows = separable_band_rows(g, x.element_size());

@@ -507,10 +507,6 @@ Correlation<T> input_grad_correlation(const Conv2dGeometry& g, const at::Tensor&
   return p;
 }
 
-const at::Tensor optional_bias(const c10::optional<at::Tensor>& bias, at::ScalarType dtype) {
-  return (bias.has_value() && bias->defined()) ? bias->to(dtype).contiguous() : at::Tensor();
-}
-
 template <typename T>
 const T* data_or_null(const at::Tensor& t) {
   return t.defined() ? t.data_ptr<T>() : nullptr;
@@ -563,7 +559,7 @@ at::Tensor grouped_forward(const at::Tensor& input, const at::Tensor& weight,
   const auto cdt = compute_dtype(input.scalar_type());
   const auto x = input.to(cdt);
   const auto w = weight.to(cdt).contiguous();
-  const auto b = optional_bias(bias, cdt);
+  const auto b = contiguous_or_undefined(bias, cdt);
   const auto format = conv_output_format(input, weight);
   auto out = at::empty({g.batch, g.out_channels, g.out_h, g.out_w},
                        x.options().memory_format(format));
@@ -589,7 +585,7 @@ at::Tensor grouped_input_grad(const at::Tensor& grad_output, const at::Tensor& w
   const auto cdt = compute_dtype(grad_output.scalar_type());
   const auto y = grad_output.to(cdt);
   const auto w = weight.to(cdt).contiguous();
-  const auto b = optional_bias(bias, cdt);
+  const auto b = contiguous_or_undefined(bias, cdt);
   const auto format = conv_output_format(grad_output, weight);
   auto images = at::empty({g.batch, g.in_channels, g.in_h, g.in_w},
                           y.options().memory_format(format));

@@ -115,10 +115,6 @@ bool claims(const Conv2dGeometry& g) {
   return g.in_per_group() == 1 && g.groups == g.in_channels && g.out_channels % g.groups == 0;
 }
 
-at::Tensor optional_in(const c10::optional<at::Tensor>& t, at::ScalarType dtype) {
-  return (t.has_value() && t->defined()) ? t->to(dtype).contiguous() : at::Tensor();
-}
-
 template <typename T>
 const T* ptr_or_null(const at::Tensor& t) {
   return t.defined() ? t.data_ptr<T>() : nullptr;
@@ -131,7 +127,7 @@ at::Tensor forward_compute(const at::Tensor& input, const at::Tensor& weight,
   const auto cdt = compute_dtype(input.scalar_type());
   const auto x = input.to(cdt).contiguous();
   const auto w = weight.to(cdt).contiguous();
-  const auto b = optional_in(bias, cdt);
+  const auto b = contiguous_or_undefined(bias, cdt);
   auto y = at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, x.options());
   const int64_t total = y.numel();
   if (total == 0) return y;
@@ -167,7 +163,7 @@ at::Tensor depthwise_separable_conv2d_op(const at::Tensor& input, const at::Tens
   const int64_t out_channels = pw_weight.size(0);
   const auto pw = pw_weight.to(cdt).contiguous().view({out_channels, g.out_channels});
   auto out = at::matmul(pw, mid.view({g.batch, g.out_channels, g.out_area()}));
-  const auto pb = optional_in(pw_bias, cdt);
+  const auto pb = contiguous_or_undefined(pw_bias, cdt);
   if (pb.defined()) out.add_(pb.view({1, out_channels, 1}));
   return out.view({g.batch, out_channels, g.out_h, g.out_w})
       .to(input.scalar_type())
@@ -191,7 +187,7 @@ at::Tensor depthwise_input_grad(const at::Tensor& grad_output, const at::Tensor&
   const auto cdt = compute_dtype(grad_output.scalar_type());
   const auto gy = grad_output.to(cdt).contiguous();
   const auto w = weight.to(cdt).contiguous();
-  const auto b = optional_in(bias, cdt);
+  const auto b = contiguous_or_undefined(bias, cdt);
   auto gx = at::empty({g.batch, g.in_channels, g.in_h, g.in_w}, gy.options());
   const int64_t total = gx.numel();
   if (total > 0) {
