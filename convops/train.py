@@ -382,7 +382,12 @@ def train(argv: Optional[List[str]] = None) -> Dict:
     if dist.world > 1:
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
     try:
-        return _run(args, dist, device, dtype, data, config, model, reference, ckpt, files, save_path)
+        result = _run(args, dist, device, dtype, data, config, model, reference, ckpt, files, save_path)
+        if dist.world > 1:
+            # Every rank is done with gloo before any tears it down: a rank destroying its group
+            # while a peer still writes its files could abort at exit ("terminate called ...").
+            torch.distributed.barrier()
+        return result
     finally:
         if dist.world > 1:
             torch.distributed.destroy_process_group()
