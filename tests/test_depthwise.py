@@ -55,6 +55,12 @@ CASES = {
     "same_even_dil": ((1, 3, 8, 9), 2, (2, 4), dict(padding="same", dilation=(2, 1))),
     "valid": ((2, 4, 7, 9), 1, (3, 3), dict(padding="valid")),
     "wide_rows": ((1, 3, 5, 70), 1, (3, 3), dict(padding=1)),
+    # Planes computed as one dense run (stride 1, output width == input width): below one
+    # vector, MobileNet's 7x7, rows of exactly one vector, a wide kernel row.
+    "tiny_plane_same": ((2, 3, 3, 3), 1, (3, 3), dict(padding=1)),
+    "mobilenet_7x7": ((2, 5, 7, 7), 1, (3, 3), dict(padding=1)),
+    "rows_of_16": ((1, 3, 4, 32), 1, (3, 3), dict(padding=1)),
+    "k1x7_same": ((1, 2, 6, 10), 1, (1, 7), dict(padding=(0, 3))),
     "wide_stride3": ((1, 2, 6, 53), 1, (3, 3), dict(stride=3, padding=1)),
     "single_pixel_out": ((2, 3, 3, 3), 1, (3, 3), {}),
     "one_channel": ((3, 1, 6, 7), 4, (3, 3), dict(padding=1)),
@@ -155,6 +161,25 @@ def test_depthwise_nan_inf_propagate_like_torch():
             out = cF.depthwise_conv2d(xl, w, **kw)
             assert torch.equal(out.isnan(), ref.isnan()) and torch.equal(out.isinf(), ref.isinf())
             torch.testing.assert_close(out, ref, equal_nan=True, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_depthwise_weight_grad_inf_at_row_ends_like_torch(layout):
+    # Infinite inputs at the first and last columns: taps that would read them through the
+    # padding must not turn 0 * inf into NaN in the weight gradient.
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 7, 7)
+    x[0, 1, 3, 0] = float("inf")
+    x[1, 2, 4, 6] = -float("inf")
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    w = torch.randn(3, 1, 3, 3)
+    grad = torch.randn(2, 3, 7, 7)
+    wr, wc = w.clone().requires_grad_(), w.clone().requires_grad_()
+    F.conv2d(x, wr, padding=1, groups=3).backward(grad)
+    cF.depthwise_conv2d(x, wc, padding=1).backward(grad)
+    assert torch.equal(wc.grad.isnan(), wr.grad.isnan()) and torch.equal(wc.grad.isinf(), wr.grad.isinf())
+    torch.testing.assert_close(wc.grad, wr.grad, equal_nan=True, rtol=1e-4, atol=1e-4)
 
 
 # ----------------------------------------------------------------------------- autograd checks

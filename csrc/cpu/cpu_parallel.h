@@ -18,6 +18,10 @@
 #define CONVOPS_ISA_LIST "default"
 #endif
 #define CONVOPS_INLINE inline __attribute__((always_inline))
+// Lambdas inside cloned code must be inlined too: a lambda left out of line is compiled once,
+// for the baseline ISA, and passing it vectors from an AVX-512 clone breaks the calling
+// convention (a crash, seen).
+#define CONVOPS_LAMBDA_INLINE __attribute__((always_inline))
 
 // MKL's per-thread thread count (the C entry point; the lower-case name is the Fortran one,
 // taking int*); weak, so a torch built without MKL still loads us.

@@ -46,10 +46,6 @@ namespace {
 
 using cpu::parallel_gemm_for;
 
-// Hot-loop lambdas must be inlined into the ISA-cloned caller, or they are compiled for the
-// baseline ISA.
-#define CONVOPS_LAMBDA_INLINE __attribute__((always_inline))
-
 // Per-thread bytes of a band's columns (and, in backward, its column gradient).
 constexpr int64_t kBandBytes = int64_t(3) << 19;  // 1.5 MiB
 // Backward partial sums of grad-weight across shares are bounded by this many bytes.

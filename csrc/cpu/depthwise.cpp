@@ -22,6 +22,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <numeric>
 #include <type_traits>
 #include <vector>
 
@@ -73,6 +74,16 @@ CONVOPS_INLINE auto lane_index() {
   } else {
     return VecI64{0, 1, 2, 3, 4, 5, 6, 7};
   }
+}
+
+template <typename T>
+using LaneVec = std::conditional_t<sizeof(T) == 4, VecI32, VecI64>;
+
+// v where mask (a comparison's result) is set, zero elsewhere. A bitwise and: GCC lowers
+// `mask ? v : 0` on these vector types lane by lane, with branches.
+template <typename T>
+CONVOPS_INLINE Vec<T> keep_lanes(const LaneVec<T>& mask, const Vec<T>& v) {
+  return (Vec<T>)((LaneVec<T>)v & mask);  // vector casts reinterpret the bits
 }
 
 // Partial vectors go through a small array: subscripting a vector (v[i]) would make GCC keep
@@ -141,20 +152,42 @@ struct PaddedPlane {
   // long row (output (oh, ow) = flat element oh * row_elems + ow) and then compacted: fewer,
   // fuller vectors when the rows are narrow (7x7 planes: 4 vectors instead of 7).
   bool flat = false;
+  // Dense: stride 1 and out_w == in_w, so output (oh, ow) = element oh * in_w + ow reads
+  // buffer element (oh + ki * dilation_h) * in_w + ow + kj * dilation_w whatever the tap: the
+  // buffer is the padded rows without their side columns (pad_w zeros lead the first row),
+  // the plane is computed as one long run of whole vectors straight into the output, and the
+  // side padding is a per-lane column mask. No padding, compaction or partial vectors per row.
+  bool dense = false;
   int64_t row_elems() const { return phases * width; }
-  // Whole vectors read past the last row need a vector of slack.
-  int64_t elems() const { return rows * row_elems() + 64; }
+  // Whole vectors read past the last row need a vector of slack; dense reads start pad_w
+  // before the first row and end up to pad_w after the last.
+  int64_t buffer_elems(int64_t buf_rows) const {
+    return buf_rows * row_elems() + 64 + (dense ? 64 + 2 * lead : 0);
+  }
+  int64_t elems() const { return buffer_elems(rows); }
+  int64_t lead = 0;  // dense: the zeros before the first row (pad_w)
 };
 
-PaddedPlane padded_plane(const Conv2dGeometry& g, int64_t lanes, bool allow_flat = false) {
+// The layouts a kernel driver can work with besides the padded rows.
+struct PlaneLayouts {
+  bool flat = false, dense = false;
+};
+
+PaddedPlane padded_plane(const Conv2dGeometry& g, int64_t lanes, PlaneLayouts allowed = {}) {
   PaddedPlane p;
   p.phases = g.stride_w;
   p.rows = g.in_h + 2 * g.pad_h;
+  if (allowed.dense && g.stride_h == 1 && g.stride_w == 1 && g.out_w == g.in_w) {
+    p.dense = true;
+    p.width = g.in_w;
+    p.lead = g.pad_w;
+    return p;
+  }
   const int64_t narrow = ceil_div(g.in_w + 2 * g.pad_w, g.stride_w);
   p.width = std::max(narrow, round_up(g.out_w, lanes) + (g.kernel_w - 1) * g.dilation_w / g.stride_w);
   const int64_t row_vectors = g.out_h * ceil_div(g.out_w, lanes);
   const int64_t flat_vectors = ceil_div((g.out_h - 1) * narrow * p.phases + g.out_w, lanes);
-  if (allow_flat && g.stride_h == 1 && 4 * flat_vectors < 3 * row_vectors) {
+  if (allowed.flat && g.stride_h == 1 && 4 * flat_vectors < 3 * row_vectors) {
     p.flat = true;
     p.width = narrow;
   }
@@ -334,6 +367,158 @@ CONVOPS_INLINE void forward_plane_flat(const T* buf, const DwCall<T>& a, const T
   }
 }
 
+// ---- dense planes (PaddedPlane::dense)
+
+
+// n elements from src to dst in whole vectors, the last one overlapping its predecessor.
+template <typename T>
+CONVOPS_INLINE void copy_run(const T* src, T* dst, int64_t n) {
+  constexpr int64_t V = kLanes<T>;
+  if (n < V) {
+    for (int64_t i = 0; i < n; ++i) dst[i] = src[i];
+    return;
+  }
+  int64_t i = 0;
+  for (; i + V <= n; i += V) store(dst + i, load(src + i));
+  if (i < n) store(dst + n - V, load(src + n - V));
+}
+
+// Padded rows [r0, r1) of `plane` into buf in the dense layout: rows outside the input are
+// zeros, the input rows one contiguous copy.
+template <typename T>
+CONVOPS_INLINE void fill_dense_rows(const T* plane, T* buf, const Conv2dGeometry& g, int64_t r0,
+                                    int64_t r1) {
+  constexpr int64_t V = kLanes<T>;
+  const int64_t W = g.in_w;
+  const int64_t first = std::clamp(g.pad_h, r0, r1);
+  const int64_t last = std::clamp(g.pad_h + g.in_h, first, r1);
+  const int64_t data_begin = g.pad_w + (first - r0) * W, data_end = g.pad_w + (last - r0) * W;
+  // Zero vectors may run on past their region: into the copy, written after them, or slack.
+  for (int64_t i = 0; i < data_begin; i += V) store(buf + i, Vec<T>{});
+  copy_run(plane + (first - g.pad_h) * W, buf + data_begin, data_end - data_begin);
+  const int64_t end = (r1 - r0) * W + 2 * g.pad_w;
+  for (int64_t i = data_end; i < end; i += V) store(buf + i, Vec<T>{});
+}
+
+// Per-lane masks of the dense layout, built once per call: a lane whose tap column kj falls
+// outside the row reads the neighbouring row where the padding would be, so it is cleared.
+// Masks are data, not computed per vector: inside the ISA clones GCC lowers vector
+// comparisons lane by lane. Vector v starts at element v * lanes; its pattern repeats every
+// `period` vectors. The last vector of an area that is not whole vectors overlaps its
+// predecessor (or is the only, partial, one) and has its own masks, plus `live`: the lanes not
+// already counted by its predecessor.
+template <typename T>
+class DenseMasks {
+ public:
+  DenseMasks(const Conv2dGeometry& g, int64_t area)
+      : area_(area),
+        period_(g.out_w / std::gcd(g.out_w, kLanes<T>)),
+        kernel_w_(g.kernel_w),
+        masks_((period_ + 1) * kernel_w_ + 1) {
+    constexpr int64_t V = kLanes<T>;
+    const int64_t last_start = std::max<int64_t>(0, area - V);
+    for (int64_t p = 0; p <= period_; ++p) {
+      const int64_t start = p < period_ ? p * V : last_start;
+      for (int64_t kj = 0; kj < kernel_w_; ++kj) {
+        const int64_t dx = kj * g.dilation_w - g.pad_w;
+        alignas(64) LaneInt<T> bits[V];
+        for (int64_t l = 0; l < V; ++l) {
+          const int64_t col = (start + l) % g.out_w + dx;
+          bits[l] = col >= 0 && col < g.out_w ? -1 : 0;
+        }
+        __builtin_memcpy(&masks_.data()[p * kernel_w_ + kj], bits, sizeof bits);
+      }
+    }
+    alignas(64) LaneInt<T> bits[V];
+    const int64_t counted = area >= V ? area / V * V - last_start : 0;
+    for (int64_t l = 0; l < V; ++l) bits[l] = l >= counted && l < area ? -1 : 0;
+    __builtin_memcpy(&masks_.data()[(period_ + 1) * kernel_w_], bits, sizeof bits);
+  }
+  int64_t area() const { return area_; }
+  int64_t period() const { return period_; }
+  // The kernel_w masks of vector v % period, or of the last vector for p == period.
+  const Vec<T>* row(int64_t p) const { return masks_.data() + p * kernel_w_; }
+  const Vec<T>& live() const { return masks_.data()[(period_ + 1) * kernel_w_]; }
+
+ private:
+  int64_t area_, period_, kernel_w_;
+  VecArray<T> masks_;
+};
+
+template <typename T>
+CONVOPS_INLINE Vec<T> keep_lanes(const Vec<T>& mask, const Vec<T>& v) {
+  return keep_lanes<T>((LaneVec<T>)mask, v);
+}
+
+// A dense output area (masks.area() elements from out) from the dense buffer.
+template <typename T, int kTaps>
+CONVOPS_INLINE void forward_dense(const T* buf, const DwCall<T>& a, const T* w, T bias, T* out,
+                                  const DenseMasks<T>& masks) {
+  constexpr int64_t V = kLanes<T>;
+  const Conv2dGeometry& g = *a.g;
+  const int64_t kh = kTaps == 9 ? 3 : g.kernel_h, kw = kTaps == 9 ? 3 : g.kernel_w;
+  const int64_t* off = a.taps;
+  // Taps summed per kernel column, whose lanes outside the row are then dropped.
+  auto vector_at = [&](int64_t i, const Vec<T>* mask) CONVOPS_LAMBDA_INLINE {
+    Vec<T> total = Vec<T>{} + bias;
+    for (int64_t kj = 0; kj < kw; ++kj) {
+      Vec<T> acc{};
+      for (int64_t ki = 0; ki < kh; ++ki) {
+        const int64_t t = ki * kw + kj;
+        acc += w[t] * load(buf + off[t] + i);
+      }
+      total += kj * g.dilation_w == g.pad_w ? acc : keep_lanes<T>(mask[kj], acc);
+    }
+    return total;
+  };
+  const int64_t area = masks.area(), period = masks.period();
+  if (area < V) {
+    store_partial(out, vector_at(0, masks.row(period)), area);
+    return;
+  }
+  int64_t i = 0;
+  for (int64_t p = 0; i + V <= area; i += V) {
+    store(out + i, vector_at(i, masks.row(p)));
+    if (++p == period) p = 0;
+  }
+  if (i < area) store(out + area - V, vector_at(area - V, masks.row(period)));
+}
+
+// acc[t] += the products of a dense grad_output area (masks.area() elements) with the tap's
+// reads of the dense buffer, per lane.
+template <typename T, int kTaps>
+CONVOPS_INLINE void weight_grad_dense(const T* buf, const DwCall<T>& a, const T* grad,
+                                      Vec<T>* acc, const DenseMasks<T>& masks) {
+  constexpr int64_t V = kLanes<T>;
+  const Conv2dGeometry& g = *a.g;
+  const int64_t kh = kTaps == 9 ? 3 : g.kernel_h, kw = kTaps == 9 ? 3 : g.kernel_w;
+  const int64_t* off = a.taps;
+  // Reads outside the row are zeroed, not just their grad_output lanes: 0 * inf is NaN.
+  auto accumulate = [&](int64_t i, const Vec<T>* mask, Vec<T> d, bool last) CONVOPS_LAMBDA_INLINE {
+    if (last) d = keep_lanes<T>(masks.live(), d);
+    for (int64_t kj = 0; kj < kw; ++kj) {
+      const bool inside = kj * g.dilation_w == g.pad_w;
+      const Vec<T> keep = last ? keep_lanes<T>(masks.live(), mask[kj]) : mask[kj];
+      for (int64_t ki = 0; ki < kh; ++ki) {
+        const int64_t t = ki * kw + kj;
+        const Vec<T> x = load(buf + off[t] + i);
+        acc[t] += d * (inside && !last ? x : keep_lanes<T>(keep, x));
+      }
+    }
+  };
+  const int64_t area = masks.area(), period = masks.period();
+  if (area < V) {
+    accumulate(0, masks.row(period), load_partial(grad, area), true);
+    return;
+  }
+  int64_t i = 0;
+  for (int64_t p = 0; i + V <= area; i += V) {
+    accumulate(i, masks.row(p), load(grad + i), false);
+    if (++p == period) p = 0;
+  }
+  if (i < area) accumulate(area - V, masks.row(period), load(grad + area - V), true);
+}
+
 // The adjoint of forward_rows: buf += the taps' reads, weighted by grad_output rows.
 template <typename T, int kTaps>
 CONVOPS_INLINE void input_grad_rows(T* buf, const DwCall<T>& a, const T* w, const T* grad,
@@ -385,7 +570,7 @@ CONVOPS_INLINE void weight_grad_rows(const T* buf, const DwCall<T>& a, const T* 
       const int64_t n = g.out_w - ow;
       const Vec<T> d = load_partial(src + ow, n);
       const auto keep = lane_index<T>() < static_cast<LaneInt<T>>(n);
-      for (int64_t t = 0; t < taps; ++t) acc[t] += d * (keep ? load(base + off[t] + ow) : Vec<T>{});
+      for (int64_t t = 0; t < taps; ++t) acc[t] += d * keep_lanes<T>(keep, load(base + off[t] + ow));
     }
   }
 }
@@ -396,13 +581,20 @@ template <typename T, int kTaps>
 CONVOPS_INLINE void forward_planes_k(const DwCall<T>& a) {
   const Conv2dGeometry& g = *a.g;
   const int64_t m = g.out_channels / g.in_channels, taps = g.kernel_area();
+  const DenseMasks<T> masks(g, g.out_area());
   for (int64_t plane = a.begin; plane < a.end; ++plane) {
     const int64_t n = plane / g.in_channels, c = plane % g.in_channels;
-    fill_padded_rows(a.src + plane * g.in_area(), a.buf, g, a.plane, 0, a.plane.rows);
+    if (a.plane.dense) {
+      fill_dense_rows(a.src + plane * g.in_area(), a.buf, g, 0, a.plane.rows);
+    } else {
+      fill_padded_rows(a.src + plane * g.in_area(), a.buf, g, a.plane, 0, a.plane.rows);
+    }
     for (int64_t o = c * m; o < (c + 1) * m; ++o) {
       T* out = a.dst + (n * g.out_channels + o) * g.out_area();
       const T bias = a.bias ? a.bias[o] : T(0);
-      if (a.plane.flat) {
+      if (a.plane.dense) {
+        forward_dense<T, kTaps>(a.buf, a, a.weight + o * taps, bias, out, masks);
+      } else if (a.plane.flat) {
         forward_plane_flat<T, kTaps>(a.buf, a, a.weight + o * taps, bias, out,
                                      a.buf + a.plane.elems());
       } else {
@@ -434,14 +626,24 @@ CONVOPS_INLINE void weight_grad_planes_k(const DwCall<T>& a) {
   const Conv2dGeometry& g = *a.g;
   const int64_t m = g.out_channels / g.in_channels, taps = g.kernel_area();
   VecArray<T> acc_buf(kTaps > 0 ? 0 : taps);
+  const DenseMasks<T> masks(g, g.out_area());
   for (int64_t plane = a.begin; plane < a.end; ++plane) {
     const int64_t n = plane / g.in_channels, c = plane % g.in_channels;
-    fill_padded_rows(a.src + plane * g.in_area(), a.buf, g, a.plane, 0, a.plane.rows);
+    if (a.plane.dense) {
+      fill_dense_rows(a.src + plane * g.in_area(), a.buf, g, 0, a.plane.rows);
+    } else {
+      fill_padded_rows(a.src + plane * g.in_area(), a.buf, g, a.plane, 0, a.plane.rows);
+    }
     for (int64_t o = c * m; o < (c + 1) * m; ++o) {
       Vec<T> acc_fixed[kTaps > 0 ? kTaps : 1];
       Vec<T>* acc = kTaps > 0 ? acc_fixed : acc_buf.data();
       for (int64_t t = 0; t < taps; ++t) acc[t] = Vec<T>{};
-      weight_grad_rows<T, kTaps>(a.buf, a, a.src2 + (n * g.out_channels + o) * g.out_area(), acc);
+      const T* grad = a.src2 + (n * g.out_channels + o) * g.out_area();
+      if (a.plane.dense) {
+        weight_grad_dense<T, kTaps>(a.buf, a, grad, acc, masks);
+      } else {
+        weight_grad_rows<T, kTaps>(a.buf, a, grad, acc);
+      }
       T* dst = a.dst + (n * g.out_channels + o) * taps;
       for (int64_t t = 0; t < taps; ++t) dst[t] = lane_sum<T>(acc[t]);
     }
@@ -456,7 +658,16 @@ CONVOPS_INLINE void forward_band_k(const DwCall<T>& a) {
   const int64_t m = g.out_channels / g.in_channels, taps = g.kernel_area();
   const int64_t band_area = (a.end - a.begin) * g.out_w;
   const auto rows = rows_read(g, a.begin, a.end);
+  const DenseMasks<T> masks(g, band_area);
   for (int64_t c = 0; c < g.in_channels; ++c) {
+    if (a.plane.dense) {
+      fill_dense_rows(a.src + c * g.in_area(), a.buf, g, rows.r0, rows.r1);
+      for (int64_t o = c * m; o < (c + 1) * m; ++o) {
+        forward_dense<T, kTaps>(a.buf, a, a.weight + o * taps, a.bias ? a.bias[o] : T(0),
+                                a.dst + o * band_area, masks);
+      }
+      continue;
+    }
     fill_padded_rows(a.src + c * g.in_area(), a.buf, g, a.plane, rows.r0, rows.r1);
     for (int64_t o = c * m; o < (c + 1) * m; ++o) {
       forward_rows<T, kTaps>(a.buf, rows.r0, a, a.weight + o * taps, a.bias ? a.bias[o] : T(0),
@@ -492,7 +703,7 @@ CONVOPS_INLINE void forward_nhwc_k(const DwCall<T>& a) {
       for (int64_t t = 0; t < taps; ++t) w[t] = load(a.weight + t * Cp + c0);
       const Vec<T> bias = a.bias ? load(a.bias + c0) : Vec<T>{};
       const auto [ow_lo, ow_hi] = interior_columns(g);
-      auto border = [&](int64_t ow) {
+      auto border = [&](int64_t ow) CONVOPS_LAMBDA_INLINE {
         Vec<T> acc = bias;
         for (int64_t ki = 0; ki < g.kernel_h; ++ki) {
           const int64_t ih = oh * g.stride_h - g.pad_h + ki * g.dilation_h;
@@ -589,7 +800,7 @@ CONVOPS_INLINE void weight_grad_nhwc_k(const DwCall<T>& a) {
     const auto [ow_lo, ow_hi] = interior_columns(g);
     for (int64_t oh = 0; oh < g.out_h; ++oh) {
       const T* grad_row = a.src2 + (n * g.out_h + oh) * g.out_w * C + c0;
-      auto border = [&](int64_t ow) {
+      auto border = [&](int64_t ow) CONVOPS_LAMBDA_INLINE {
         const Vec<T> d = load_n(grad_row + ow * C, lanes);
         for (int64_t ki = 0; ki < g.kernel_h; ++ki) {
           const int64_t ih = oh * g.stride_h - g.pad_h + ki * g.dilation_h;
@@ -672,7 +883,7 @@ template <typename T, class Driver>
 void run_parallel(DwCall<T> a, int64_t tasks, int64_t grain, int64_t buf_rows,
                   const at::TensorOptions& options, const Driver& driver) {
   // NCHW kernels: the padded rows (+ slack), and for a flat plane its flat result after them.
-  const int64_t plane_elems = buf_rows * a.plane.row_elems() + 64;
+  const int64_t plane_elems = a.plane.buffer_elems(buf_rows);
   const int64_t buf_elems = a.taps ? plane_elems * (a.plane.flat ? 2 : 1) : 0;
   at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) {
     const ScratchBuffer buf(buf_elems, options);
@@ -726,7 +937,7 @@ at::Tensor forward_compute(const at::Tensor& input, const at::Tensor& weight,
     }
     a.weight = w.data_ptr<scalar_t>();
     a.bias = ptr_or_null<scalar_t>(b);
-    a.plane = padded_plane(g, V, /*allow_flat=*/true);
+    a.plane = padded_plane(g, V, PlaneLayouts{/*flat=*/true, /*dense=*/true});
     const auto taps = tap_offsets(g, a.plane);
     a.taps = taps.data();
     const int64_t m = g.out_channels / g.in_channels;
@@ -814,7 +1025,7 @@ at::Tensor weight_grad_compute(const at::Tensor& grad_output, const at::Tensor& 
     }
     const ScratchBuffer partial(g.batch * g.out_channels * taps, x.options());
     a.dst = partial.tensor().data_ptr<scalar_t>();
-    a.plane = padded_plane(g, V);
+    a.plane = padded_plane(g, V, PlaneLayouts{/*flat=*/false, /*dense=*/true});
     const auto offsets = tap_offsets(g, a.plane);
     a.taps = offsets.data();
     const int64_t m = g.out_channels / g.in_channels;
@@ -858,12 +1069,12 @@ at::Tensor separable_forward_compute(const at::Tensor& input, const at::Tensor& 
     proto.g = &g;
     proto.weight = w.data_ptr<scalar_t>();
     proto.bias = ptr_or_null<scalar_t>(b);
-    proto.plane = padded_plane(g, kLanes<scalar_t>);
+    proto.plane = padded_plane(g, kLanes<scalar_t>, PlaneLayouts{/*flat=*/false, /*dense=*/true});
     const auto offsets = tap_offsets(g, proto.plane);
     proto.taps = offsets.data();
     const int64_t buf_rows = rows_read(g, 0, band_rows).r1;
     parallel_gemm_for(g.batch * bands, [&](int64_t begin, int64_t end) {
-      const ScratchBuffer plane_buf(buf_rows * proto.plane.row_elems() + 64, x.options());
+      const ScratchBuffer plane_buf(proto.plane.buffer_elems(buf_rows), x.options());
       const ScratchBuffer tile_buf(g.out_channels * band_rows * g.out_w, x.options());
       for (int64_t item = begin; item < end; ++item) {
         const int64_t n = item / bands, oh0 = item % bands * band_rows;
