@@ -457,7 +457,17 @@ CONVOPS_INLINE void forward_dense(const T* buf, const DwCall<T>& a, const T* w, 
   constexpr int64_t V = kLanes<T>;
   const Conv2dGeometry& g = *a.g;
   const int64_t kh = kTaps == 9 ? 3 : g.kernel_h, kw = kTaps == 9 ? 3 : g.kernel_w;
-  const int64_t* off = a.taps;
+  // A fixed tap count keeps weights and offsets in registers: the output stores could alias
+  // them as far as the compiler knows, so it would reload them for every vector.
+  Vec<T> weights[kTaps > 0 ? kTaps : 1];
+  int64_t offsets[kTaps > 0 ? kTaps : 1];
+  if constexpr (kTaps > 0) {
+    for (int64_t t = 0; t < kTaps; ++t) {
+      weights[t] = Vec<T>{} + w[t];
+      offsets[t] = a.taps[t];
+    }
+  }
+  const int64_t* off = kTaps > 0 ? offsets : a.taps;
   // Taps summed per kernel column, whose lanes outside the row are then dropped.
   auto vector_at = [&](int64_t i, const Vec<T>* mask) CONVOPS_LAMBDA_INLINE {
     Vec<T> total = Vec<T>{} + bias;
@@ -465,7 +475,7 @@ CONVOPS_INLINE void forward_dense(const T* buf, const DwCall<T>& a, const T* w, 
       Vec<T> acc{};
       for (int64_t ki = 0; ki < kh; ++ki) {
         const int64_t t = ki * kw + kj;
-        acc += w[t] * load(buf + off[t] + i);
+        acc += (kTaps > 0 ? weights[t] : Vec<T>{} + w[t]) * load(buf + off[t] + i);
       }
       total += kj * g.dilation_w == g.pad_w ? acc : keep_lanes<T>(mask[kj], acc);
     }
@@ -492,7 +502,11 @@ CONVOPS_INLINE void weight_grad_dense(const T* buf, const DwCall<T>& a, const T*
   constexpr int64_t V = kLanes<T>;
   const Conv2dGeometry& g = *a.g;
   const int64_t kh = kTaps == 9 ? 3 : g.kernel_h, kw = kTaps == 9 ? 3 : g.kernel_w;
-  const int64_t* off = a.taps;
+  int64_t offsets[kTaps > 0 ? kTaps : 1];
+  if constexpr (kTaps > 0) {
+    for (int64_t t = 0; t < kTaps; ++t) offsets[t] = a.taps[t];
+  }
+  const int64_t* off = kTaps > 0 ? offsets : a.taps;
   // Reads outside the row are zeroed, not just their grad_output lanes: 0 * inf is NaN.
   auto accumulate = [&](int64_t i, const Vec<T>* mask, Vec<T> d, bool last) CONVOPS_LAMBDA_INLINE {
     if (last) d = keep_lanes<T>(masks.live(), d);
@@ -575,6 +589,26 @@ CONVOPS_INLINE void weight_grad_rows(const T* buf, const DwCall<T>& a, const T* 
   }
 }
 
+// The input plane of task `plane` in the layout of a.plane, in a.buf. Dense planes alternate
+// between two buffers, the next plane copied before this one is computed: the kernel's
+// unaligned loads then read stores that have left the store buffer (a load spanning two
+// stores still in flight waits for them; on 7x7 planes that was most of the time).
+template <typename T>
+CONVOPS_INLINE const T* input_plane(const DwCall<T>& a, int64_t plane) {
+  const Conv2dGeometry& g = *a.g;
+  if (!a.plane.dense) {
+    fill_padded_rows(a.src + plane * g.in_area(), a.buf, g, a.plane, 0, a.plane.rows);
+    return a.buf;
+  }
+  T* const bufs[2] = {a.buf, a.buf + a.plane.elems()};
+  const int64_t k = (plane - a.begin) & 1;
+  if (plane == a.begin) fill_dense_rows(a.src + plane * g.in_area(), bufs[k], g, 0, a.plane.rows);
+  if (plane + 1 < a.end) {
+    fill_dense_rows(a.src + (plane + 1) * g.in_area(), bufs[1 - k], g, 0, a.plane.rows);
+  }
+  return bufs[k];
+}
+
 // ---- NCHW drivers: tasks are (image, input channel) planes.
 
 template <typename T, int kTaps>
@@ -584,21 +618,17 @@ CONVOPS_INLINE void forward_planes_k(const DwCall<T>& a) {
   const DenseMasks<T> masks(g, g.out_area());
   for (int64_t plane = a.begin; plane < a.end; ++plane) {
     const int64_t n = plane / g.in_channels, c = plane % g.in_channels;
-    if (a.plane.dense) {
-      fill_dense_rows(a.src + plane * g.in_area(), a.buf, g, 0, a.plane.rows);
-    } else {
-      fill_padded_rows(a.src + plane * g.in_area(), a.buf, g, a.plane, 0, a.plane.rows);
-    }
+    const T* buf = input_plane(a, plane);
     for (int64_t o = c * m; o < (c + 1) * m; ++o) {
       T* out = a.dst + (n * g.out_channels + o) * g.out_area();
       const T bias = a.bias ? a.bias[o] : T(0);
       if (a.plane.dense) {
-        forward_dense<T, kTaps>(a.buf, a, a.weight + o * taps, bias, out, masks);
+        forward_dense<T, kTaps>(buf, a, a.weight + o * taps, bias, out, masks);
       } else if (a.plane.flat) {
-        forward_plane_flat<T, kTaps>(a.buf, a, a.weight + o * taps, bias, out,
+        forward_plane_flat<T, kTaps>(buf, a, a.weight + o * taps, bias, out,
                                      a.buf + a.plane.elems());
       } else {
-        forward_rows<T, kTaps>(a.buf, 0, a, a.weight + o * taps, bias, out, 0, g.out_h);
+        forward_rows<T, kTaps>(buf, 0, a, a.weight + o * taps, bias, out, 0, g.out_h);
       }
     }
   }
@@ -629,20 +659,16 @@ CONVOPS_INLINE void weight_grad_planes_k(const DwCall<T>& a) {
   const DenseMasks<T> masks(g, g.out_area());
   for (int64_t plane = a.begin; plane < a.end; ++plane) {
     const int64_t n = plane / g.in_channels, c = plane % g.in_channels;
-    if (a.plane.dense) {
-      fill_dense_rows(a.src + plane * g.in_area(), a.buf, g, 0, a.plane.rows);
-    } else {
-      fill_padded_rows(a.src + plane * g.in_area(), a.buf, g, a.plane, 0, a.plane.rows);
-    }
+    const T* buf = input_plane(a, plane);
     for (int64_t o = c * m; o < (c + 1) * m; ++o) {
       Vec<T> acc_fixed[kTaps > 0 ? kTaps : 1];
       Vec<T>* acc = kTaps > 0 ? acc_fixed : acc_buf.data();
       for (int64_t t = 0; t < taps; ++t) acc[t] = Vec<T>{};
       const T* grad = a.src2 + (n * g.out_channels + o) * g.out_area();
       if (a.plane.dense) {
-        weight_grad_dense<T, kTaps>(a.buf, a, grad, acc, masks);
+        weight_grad_dense<T, kTaps>(buf, a, grad, acc, masks);
       } else {
-        weight_grad_rows<T, kTaps>(a.buf, a, grad, acc);
+        weight_grad_rows<T, kTaps>(buf, a, grad, acc);
       }
       T* dst = a.dst + (n * g.out_channels + o) * taps;
       for (int64_t t = 0; t < taps; ++t) dst[t] = lane_sum<T>(acc[t]);
@@ -884,7 +910,8 @@ void run_parallel(DwCall<T> a, int64_t tasks, int64_t grain, int64_t buf_rows,
                   const at::TensorOptions& options, const Driver& driver) {
   // NCHW kernels: the padded rows (+ slack), and for a flat plane its flat result after them.
   const int64_t plane_elems = a.plane.buffer_elems(buf_rows);
-  const int64_t buf_elems = a.taps ? plane_elems * (a.plane.flat ? 2 : 1) : 0;
+  // Flat planes put their flat result after the plane, dense ones a second plane.
+  const int64_t buf_elems = a.taps ? plane_elems * (a.plane.flat || a.plane.dense ? 2 : 1) : 0;
   at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) {
     const ScratchBuffer buf(buf_elems, options);
     DwCall<T> call = a;
