@@ -712,64 +712,111 @@ std::pair<int64_t, int64_t> interior_columns(const Conv2dGeometry& g) {
 // ---- channels_last drivers (m == 1): weights (taps, Cp) and bias (Cp), Cp = C rounded up to
 // whole vectors and zero-filled, so only the activations need partial loads.
 
-// Tasks are output rows (image, oh).
+// Tasks are output rows (image, oh). Pixels outer, channels inner: a block of output pixels
+// walks all its channels, so the input is read in runs of whole pixels (C contiguous
+// elements), not one vector per pixel per channel pass (which missed L1 on every load once
+// three input rows outgrew it); the taps' weights are reloaded per channel vector from L1.
 template <typename T, int kTaps>
 CONVOPS_INLINE void forward_nhwc_k(const DwCall<T>& a) {
   constexpr int64_t V = kLanes<T>;
   const Conv2dGeometry& g = *a.g;
-  const int64_t C = g.in_channels, Cp = round_up(C, V), taps = g.kernel_area();
-  VecArray<T> w_buf(kTaps > 0 ? 0 : taps);
+  const int64_t C = g.in_channels, Cp = round_up(C, V), full = C / V * V;
+  const int64_t kw = kTaps == 9 ? 3 : g.kernel_w;
+  const auto [ow_lo, ow_hi] = interior_columns(g);
+  const int64_t pixel_step = g.stride_w * C, tap_step = g.dilation_w * C;
   for (int64_t row = a.begin; row < a.end; ++row) {
     const int64_t n = row / g.out_h, oh = row % g.out_h;
     T* dst_row = a.dst + row * g.out_w * C;
-    for (int64_t c0 = 0; c0 < C; c0 += V) {
-      const int64_t lanes = std::min(V, C - c0);
-      Vec<T> w_fixed[kTaps > 0 ? kTaps : 1];
-      Vec<T>* w = kTaps > 0 ? w_fixed : w_buf.data();
-      for (int64_t t = 0; t < taps; ++t) w[t] = load(a.weight + t * Cp + c0);
-      const Vec<T> bias = a.bias ? load(a.bias + c0) : Vec<T>{};
-      const auto [ow_lo, ow_hi] = interior_columns(g);
-      auto border = [&](int64_t ow) CONVOPS_LAMBDA_INLINE {
-        Vec<T> acc = bias;
-        for (int64_t ki = 0; ki < g.kernel_h; ++ki) {
-          const int64_t ih = oh * g.stride_h - g.pad_h + ki * g.dilation_h;
-          if (ih < 0 || ih >= g.in_h) continue;
-          const T* src = a.src + ((n * g.in_h + ih) * g.in_w) * C + c0;
-          for (int64_t kj = 0; kj < g.kernel_w; ++kj) {
-            const int64_t iw = ow * g.stride_w - g.pad_w + kj * g.dilation_w;
-            if (iw < 0 || iw >= g.in_w) continue;
-            acc += w[ki * g.kernel_w + kj] * load_n(src + iw * C, lanes);
+    // The kernel rows that fall inside the input, and their input rows.
+    int64_t ki_lo = g.kernel_h, ki_hi = 0;
+    for (int64_t ki = 0; ki < g.kernel_h; ++ki) {
+      const int64_t ih = oh * g.stride_h - g.pad_h + ki * g.dilation_h;
+      if (ih >= 0 && ih < g.in_h) ki_lo = std::min(ki_lo, ki), ki_hi = ki + 1;
+    }
+    const T* row0 = a.src + (n * g.in_h + oh * g.stride_h - g.pad_h) * g.in_w * C;
+    const int64_t ki_step = g.dilation_h * g.in_w * C;
+    // One output pixel, all channels; its kernel columns clipped to the input.
+    auto pixel = [&](int64_t ow) CONVOPS_LAMBDA_INLINE {
+      const int64_t iw0 = ow * g.stride_w - g.pad_w;
+      int64_t kj_lo = 0, kj_hi = g.kernel_w;
+      while (kj_lo < kj_hi && iw0 + kj_lo * g.dilation_w < 0) ++kj_lo;
+      while (kj_hi > kj_lo && iw0 + (kj_hi - 1) * g.dilation_w >= g.in_w) --kj_hi;
+      auto channels = [&](int64_t c0, auto load_x) CONVOPS_LAMBDA_INLINE {
+        Vec<T> acc = a.bias ? load(a.bias + c0) : Vec<T>{};
+        for (int64_t ki = ki_lo; ki < ki_hi; ++ki) {
+          const T* src = row0 + ki * ki_step + iw0 * C + c0;
+          for (int64_t kj = kj_lo; kj < kj_hi; ++kj) {
+            acc += load(a.weight + (ki * g.kernel_w + kj) * Cp + c0) * load_x(src + kj * tap_step);
           }
         }
-        store_n(dst_row + ow * C + c0, acc, lanes);
+        return acc;
       };
-      for (int64_t ow = 0; ow < ow_lo; ++ow) border(ow);
-      int64_t ow = ow_lo;
-      if (lanes == V) {
-        const int64_t step = g.stride_w * C, tap_step = g.dilation_w * C;
-        for (; ow + 4 <= ow_hi; ow += 4) {
-          Vec<T> acc0 = bias, acc1 = bias, acc2 = bias, acc3 = bias;
-          for (int64_t ki = 0; ki < g.kernel_h; ++ki) {
-            const int64_t ih = oh * g.stride_h - g.pad_h + ki * g.dilation_h;
-            if (ih < 0 || ih >= g.in_h) continue;
-            const T* src = a.src + ((n * g.in_h + ih) * g.in_w + ow * g.stride_w - g.pad_w) * C + c0;
-            for (int64_t kj = 0; kj < g.kernel_w; ++kj, src += tap_step) {
-              const Vec<T> wt = w[ki * g.kernel_w + kj];
-              acc0 += wt * load(src);
-              acc1 += wt * load(src + step);
-              acc2 += wt * load(src + 2 * step);
-              acc3 += wt * load(src + 3 * step);
+      T* d = dst_row + ow * C;
+      for (int64_t c0 = 0; c0 < full; c0 += V) {
+        store(d + c0, channels(c0, [](const T* p) CONVOPS_LAMBDA_INLINE { return load(p); }));
+      }
+      if (full < C) {
+        const int64_t lanes = C - full;
+        const auto acc = channels(full, [lanes](const T* p) CONVOPS_LAMBDA_INLINE {
+          return load_partial(p, lanes);
+        });
+        store_partial(d + full, acc, lanes);
+      }
+    };
+    int64_t ow = 0;
+    for (; ow < ow_lo; ++ow) pixel(ow);
+    // kPixels interior output pixels from ow on, all channels. Kernel rows [ki_first,
+    // ki_last) are compile-time constants on rows away from the top and bottom: unrolled,
+    // every load instruction then walks one input row in steps of a vector, a stream the
+    // hardware prefetcher follows (one instruction cycling through three rows defeated it).
+    auto block = [&](auto pixels_tag, auto ki_first, auto ki_last) CONVOPS_LAMBDA_INLINE {
+      constexpr int64_t kPixels = decltype(pixels_tag)::value;
+      const T* base = row0 + (ow * g.stride_w - g.pad_w) * C;
+      T* d = dst_row + ow * C;
+      for (int64_t c0 = 0; c0 < full; c0 += V) {
+        Vec<T> acc[kPixels];
+        const Vec<T> bias = a.bias ? load(a.bias + c0) : Vec<T>{};
+        for (int64_t p = 0; p < kPixels; ++p) acc[p] = bias;
+        for (int64_t ki = ki_first; ki < ki_last; ++ki) {
+          const T* src = base + ki * ki_step + c0;
+          const T* w = a.weight + ki * kw * Cp + c0;
+          for (int64_t kj = 0; kj < kw; ++kj, src += tap_step, w += Cp) {
+            const Vec<T> wt = load(w);
+            for (int64_t p = 0; p < kPixels; ++p) acc[p] += wt * load(src + p * pixel_step);
+          }
+        }
+        for (int64_t p = 0; p < kPixels; ++p) store(d + p * C + c0, acc[p]);
+      }
+      if (full < C) {
+        // The channels past the last whole vector, pixel by pixel.
+        const int64_t lanes = C - full;
+        for (int64_t p = 0; p < kPixels; ++p) {
+          Vec<T> acc = a.bias ? load(a.bias + full) : Vec<T>{};
+          for (int64_t ki = ki_lo; ki < ki_hi; ++ki) {
+            const T* src = base + p * pixel_step + ki * ki_step + full;
+            for (int64_t kj = 0; kj < kw; ++kj) {
+              acc += load(a.weight + (ki * kw + kj) * Cp + full) * load_partial(src + kj * tap_step, lanes);
             }
           }
-          T* d = dst_row + ow * C + c0;
-          store(d, acc0);
-          store(d + C, acc1);
-          store(d + 2 * C, acc2);
-          store(d + 3 * C, acc3);
+          store_partial(d + p * C + full, acc, lanes);
         }
       }
-      for (; ow < g.out_w; ++ow) border(ow);
+      ow += kPixels;
+    };
+    auto blocks = [&](auto ki_first, auto ki_last) CONVOPS_LAMBDA_INLINE {
+      using Eight = std::integral_constant<int64_t, 8>;
+      using Four = std::integral_constant<int64_t, 4>;
+      using Two = std::integral_constant<int64_t, 2>;
+      while (ow + 8 <= ow_hi) block(Eight{}, ki_first, ki_last);
+      while (ow + 4 <= ow_hi) block(Four{}, ki_first, ki_last);
+      while (ow + 2 <= ow_hi) block(Two{}, ki_first, ki_last);
+    };
+    if (kTaps == 9 && ki_lo == 0 && ki_hi == 3) {
+      blocks(std::integral_constant<int64_t, 0>{}, std::integral_constant<int64_t, 3>{});
+    } else {
+      blocks(ki_lo, ki_hi);
     }
+    for (; ow < g.out_w; ++ow) pixel(ow);
   }
 }
 
