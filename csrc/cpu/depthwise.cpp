@@ -2,8 +2,11 @@
 // m = out_channels / in_channels; output channel o reads input channel o / m) on the CPU, and
 // the fused depthwise-separable op. Direct kernels, no im2col.
 //
-// NCHW: one task per (image, input channel) plane. The plane is copied into a zero-padded
-// buffer whose columns are split by phase (column q -> element q / stride_w of phase
+// NCHW: one task per (image, input channel) plane. Stride 1 with out_w == in_w (MobileNet's
+// "same" convs) uses the dense layout: the plane keeps its row stride, zero rows above and
+// below, and is computed as one run of whole vectors straight into the output; lanes whose
+// tap column leaves the row are cleared by per-lane masks (PaddedPlane::dense). Otherwise the
+// plane is copied into a zero-padded buffer whose columns are split by phase (column q -> element q / stride_w of phase
 // q % stride_w), so for a run of output columns every kernel tap reads one contiguous run of
 // the buffer whatever the stride: the kernels are vector loads and FMAs along the width with
 // no bounds checks. The input gradient is the exact adjoint: the same reads become
@@ -11,8 +14,9 @@
 // weight gradient reduces each plane into a per-(image, channel) partial sum, then over the
 // images in a fixed order: deterministic whatever the thread count.
 //
-// channels_last (m == 1): one task per output row, vectorised along the channels, which are
-// contiguous; the taps' weights stay in registers. Other channels_last cases use NCHW copies.
+// channels_last (m == 1): one task per output row (input row for the input gradient),
+// vectorised along the channels, which are contiguous. Other channels_last cases use NCHW
+// copies.
 //
 // Vectors are GCC vector extensions of 64 bytes; each ISA clone (cpu_parallel.h) lowers them
 // to one zmm, two ymm or four xmm registers.
