@@ -811,9 +811,11 @@ CONVOPS_INLINE void forward_nhwc_k(const DwCall<T>& a) {
       using Eight = std::integral_constant<int64_t, 8>;
       using Four = std::integral_constant<int64_t, 4>;
       using Two = std::integral_constant<int64_t, 2>;
+      using One = std::integral_constant<int64_t, 1>;
       while (ow + 8 <= ow_hi) block(Eight{}, ki_first, ki_last);
       while (ow + 4 <= ow_hi) block(Four{}, ki_first, ki_last);
       while (ow + 2 <= ow_hi) block(Two{}, ki_first, ki_last);
+      while (ow < ow_hi) block(One{}, ki_first, ki_last);
     };
     if (kTaps == 9 && ki_lo == 0 && ki_hi == 3) {
       blocks(std::integral_constant<int64_t, 0>{}, std::integral_constant<int64_t, 3>{});
