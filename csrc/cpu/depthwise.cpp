@@ -6,8 +6,8 @@
 // "same" convs) uses the dense layout: the plane keeps its row stride, zero rows above and
 // below, and is computed as one run of whole vectors straight into the output; lanes whose
 // tap column leaves the row are cleared by per-lane masks (PaddedPlane::dense). Otherwise the
-// plane is copied into a zero-padded buffer whose columns are split by phase (column q -> element q / stride_w of phase
-// q % stride_w), so for a run of output columns every kernel tap reads one contiguous run of
+// plane is copied into a zero-padded buffer whose columns are split by phase (column q ->
+// element q / stride_w of phase q % stride_w), so for a run of output columns every kernel tap reads one contiguous run of
 // the buffer whatever the stride: the kernels are vector loads and FMAs along the width with
 // no bounds checks. The input gradient is the exact adjoint: the same reads become
 // read-add-writes into a zeroed buffer, whose interior is then the plane's gradient. The
