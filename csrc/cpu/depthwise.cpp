@@ -7,9 +7,9 @@
 // below, and is computed as one run of whole vectors straight into the output; lanes whose
 // tap column leaves the row are cleared by per-lane masks (PaddedPlane::dense). Otherwise the
 // plane is copied into a zero-padded buffer whose columns are split by phase (column q ->
-// element q / stride_w of phase q % stride_w), so for a run of output columns every kernel tap reads one contiguous run of
-// the buffer whatever the stride: the kernels are vector loads and FMAs along the width with
-// no bounds checks. The input gradient is the exact adjoint: the same reads become
+// element q / stride_w of phase q % stride_w), so for a run of output columns every kernel
+// tap reads one contiguous run of the buffer whatever the stride: the kernels are vector
+// loads and FMAs along the width with no bounds checks. The input gradient is the exact adjoint: the same reads become
 // read-add-writes into a zeroed buffer, whose interior is then the plane's gradient. The
 // weight gradient reduces each plane into a per-(image, channel) partial sum, then over the
 // images in a fixed order: deterministic whatever the thread count.
