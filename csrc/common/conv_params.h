@@ -264,6 +264,13 @@ inline Conv2dGeometry conv2d_weight_geometry(const at::Tensor& grad_output,
   return g;
 }
 
+// A depthwise geometry: one input channel per group, groups == in_channels (the depth
+// multiplier out_channels / in_channels is whole). The direct depthwise kernels of every
+// backend claim exactly these.
+inline bool is_depthwise(const Conv2dGeometry& g) {
+  return g.in_per_group() == 1 && g.groups == g.in_channels && g.out_channels % g.groups == 0;
+}
+
 // depthwise_conv2d: input (N, C, H, W), weight (C*m, 1, kh, kw); F.conv2d with groups=C, so
 // every other check (and its message) is conv2d's with groups = C.
 inline Conv2dGeometry depthwise_conv2d_geometry(const at::Tensor& input, const at::Tensor& weight,

@@ -939,10 +939,6 @@ CONVOPS_DW_DRIVER(weight_grad_nhwc)
 
 // ---- dispatch
 
-bool claims(const Conv2dGeometry& g) {
-  return g.in_per_group() == 1 && g.groups == g.in_channels && g.out_channels % g.groups == 0;
-}
-
 bool is_channels_last(const at::Tensor& t) {
   return t.dim() == 4 && t.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
 }
@@ -1204,7 +1200,7 @@ at::Tensor depthwise_separable_conv2d_op(const at::Tensor& input, const at::Tens
 
 at::Tensor depthwise_forward(const at::Tensor& input, const at::Tensor& weight,
                              const c10::optional<at::Tensor>& bias, const Conv2dGeometry& g) {
-  if (!claims(g)) return {};
+  if (!is_depthwise(g)) return {};
   return forward_compute(input, weight, bias, g)
       .to(input.scalar_type())
       .contiguous(conv_output_format(input, weight));
@@ -1232,7 +1228,7 @@ c10::optional<Conv2dGeometry> input_grad_as_forward(const Conv2dGeometry& g) {
 
 at::Tensor depthwise_input_grad(const at::Tensor& grad_output, const at::Tensor& weight,
                                 const c10::optional<at::Tensor>& bias, const Conv2dGeometry& g) {
-  if (!claims(g)) return {};
+  if (!is_depthwise(g)) return {};
   if (const auto f = input_grad_as_forward(g)) {
     return forward_compute(grad_output, weight.flip({2, 3}), bias, *f)
         .to(grad_output.scalar_type())
@@ -1245,7 +1241,7 @@ at::Tensor depthwise_input_grad(const at::Tensor& grad_output, const at::Tensor&
 
 at::Tensor depthwise_weight_grad(const at::Tensor& grad_output, const at::Tensor& input,
                                  const Conv2dGeometry& g) {
-  if (!claims(g)) return {};
+  if (!is_depthwise(g)) return {};
   return weight_grad_compute(grad_output, input, g).to(input.scalar_type());
 }
 

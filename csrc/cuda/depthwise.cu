@@ -111,10 +111,6 @@ __global__ void depthwise_weight_grad_kernel(const T* __restrict__ gy, const T* 
   if (threadIdx.x == 0) gw[o * taps + tap] = partial[0];
 }
 
-bool claims(const Conv2dGeometry& g) {
-  return g.in_per_group() == 1 && g.groups == g.in_channels && g.out_channels % g.groups == 0;
-}
-
 template <typename T>
 const T* ptr_or_null(const at::Tensor& t) {
   return t.defined() ? t.data_ptr<T>() : nullptr;
@@ -174,7 +170,7 @@ at::Tensor depthwise_separable_conv2d_op(const at::Tensor& input, const at::Tens
 
 at::Tensor depthwise_forward(const at::Tensor& input, const at::Tensor& weight,
                              const c10::optional<at::Tensor>& bias, const Conv2dGeometry& g) {
-  if (!claims(g)) return {};
+  if (!is_depthwise(g)) return {};
   return forward_compute(input, weight, bias, g)
       .to(input.scalar_type())
       .contiguous(conv_output_format(input, weight));
@@ -182,7 +178,7 @@ at::Tensor depthwise_forward(const at::Tensor& input, const at::Tensor& weight,
 
 at::Tensor depthwise_input_grad(const at::Tensor& grad_output, const at::Tensor& weight,
                                 const c10::optional<at::Tensor>& bias, const Conv2dGeometry& g) {
-  if (!claims(g)) return {};
+  if (!is_depthwise(g)) return {};
   const c10::cuda::CUDAGuard guard(grad_output.device());
   const auto cdt = compute_dtype(grad_output.scalar_type());
   const auto gy = grad_output.to(cdt).contiguous();
@@ -204,7 +200,7 @@ at::Tensor depthwise_input_grad(const at::Tensor& grad_output, const at::Tensor&
 
 at::Tensor depthwise_weight_grad(const at::Tensor& grad_output, const at::Tensor& input,
                                  const Conv2dGeometry& g) {
-  if (!claims(g)) return {};
+  if (!is_depthwise(g)) return {};
   const c10::cuda::CUDAGuard guard(input.device());
   const auto cdt = compute_dtype(input.scalar_type());
   const auto gy = grad_output.to(cdt).contiguous();
