@@ -27,6 +27,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <numeric>
+#include <optional>
 #include <type_traits>
 #include <vector>
 
@@ -162,6 +163,7 @@ struct PaddedPlane {
   // the plane is computed as one long run of whole vectors straight into the output, and the
   // side padding is a per-lane column mask. No padding, compaction or partial vectors per row.
   bool dense = false;
+  int64_t lead = 0;  // dense: the zeros before the first row (pad_w)
   int64_t row_elems() const { return phases * width; }
   // Whole vectors read past the last row need a vector of slack; dense reads start pad_w
   // before the first row and end up to pad_w after the last.
@@ -169,7 +171,6 @@ struct PaddedPlane {
     return buf_rows * row_elems() + 64 + (dense ? 64 + 2 * lead : 0);
   }
   int64_t elems() const { return buffer_elems(rows); }
-  int64_t lead = 0;  // dense: the zeros before the first row (pad_w)
 };
 
 // The layouts a kernel driver can work with besides the padded rows.
@@ -619,7 +620,8 @@ template <typename T, int kTaps>
 CONVOPS_INLINE void forward_planes_k(const DwCall<T>& a) {
   const Conv2dGeometry& g = *a.g;
   const int64_t m = g.out_channels / g.in_channels, taps = g.kernel_area();
-  const DenseMasks<T> masks(g, g.out_area());
+  std::optional<DenseMasks<T>> masks;
+  if (a.plane.dense) masks.emplace(g, g.out_area());
   for (int64_t plane = a.begin; plane < a.end; ++plane) {
     const int64_t n = plane / g.in_channels, c = plane % g.in_channels;
     const T* buf = input_plane(a, plane);
@@ -627,7 +629,7 @@ CONVOPS_INLINE void forward_planes_k(const DwCall<T>& a) {
       T* out = a.dst + (n * g.out_channels + o) * g.out_area();
       const T bias = a.bias ? a.bias[o] : T(0);
       if (a.plane.dense) {
-        forward_dense<T, kTaps>(buf, a, a.weight + o * taps, bias, out, masks);
+        forward_dense<T, kTaps>(buf, a, a.weight + o * taps, bias, out, *masks);
       } else if (a.plane.flat) {
         forward_plane_flat<T, kTaps>(buf, a, a.weight + o * taps, bias, out,
                                      a.buf + a.plane.elems());
@@ -660,7 +662,8 @@ CONVOPS_INLINE void weight_grad_planes_k(const DwCall<T>& a) {
   const Conv2dGeometry& g = *a.g;
   const int64_t m = g.out_channels / g.in_channels, taps = g.kernel_area();
   VecArray<T> acc_buf(kTaps > 0 ? 0 : taps);
-  const DenseMasks<T> masks(g, g.out_area());
+  std::optional<DenseMasks<T>> masks;
+  if (a.plane.dense) masks.emplace(g, g.out_area());
   for (int64_t plane = a.begin; plane < a.end; ++plane) {
     const int64_t n = plane / g.in_channels, c = plane % g.in_channels;
     const T* buf = input_plane(a, plane);
@@ -670,7 +673,7 @@ CONVOPS_INLINE void weight_grad_planes_k(const DwCall<T>& a) {
       for (int64_t t = 0; t < taps; ++t) acc[t] = Vec<T>{};
       const T* grad = a.src2 + (n * g.out_channels + o) * g.out_area();
       if (a.plane.dense) {
-        weight_grad_dense<T, kTaps>(buf, a, grad, acc, masks);
+        weight_grad_dense<T, kTaps>(buf, a, grad, acc, *masks);
       } else {
         weight_grad_rows<T, kTaps>(buf, a, grad, acc);
       }
@@ -688,13 +691,14 @@ CONVOPS_INLINE void forward_band_k(const DwCall<T>& a) {
   const int64_t m = g.out_channels / g.in_channels, taps = g.kernel_area();
   const int64_t band_area = (a.end - a.begin) * g.out_w;
   const auto rows = rows_read(g, a.begin, a.end);
-  const DenseMasks<T> masks(g, band_area);
+  std::optional<DenseMasks<T>> masks;
+  if (a.plane.dense) masks.emplace(g, band_area);
   for (int64_t c = 0; c < g.in_channels; ++c) {
     if (a.plane.dense) {
       fill_dense_rows(a.src + c * g.in_area(), a.buf, g, rows.r0, rows.r1);
       for (int64_t o = c * m; o < (c + 1) * m; ++o) {
         forward_dense<T, kTaps>(a.buf, a, a.weight + o * taps, a.bias ? a.bias[o] : T(0),
-                                a.dst + o * band_area, masks);
+                                a.dst + o * band_area, *masks);
       }
       continue;
     }
@@ -739,33 +743,42 @@ CONVOPS_INLINE void forward_nhwc_k(const DwCall<T>& a) {
     }
     const T* row0 = a.src + (n * g.in_h + oh * g.stride_h - g.pad_h) * g.in_w * C;
     const int64_t ki_step = g.dilation_h * g.in_w * C;
-    // One output pixel, all channels; its kernel columns clipped to the input.
-    auto pixel = [&](int64_t ow) CONVOPS_LAMBDA_INLINE {
+    // Output pixel ow's kernel columns [lo, hi) that fall inside the input.
+    auto kernel_columns = [&](int64_t ow) CONVOPS_LAMBDA_INLINE {
       const int64_t iw0 = ow * g.stride_w - g.pad_w;
-      int64_t kj_lo = 0, kj_hi = g.kernel_w;
-      while (kj_lo < kj_hi && iw0 + kj_lo * g.dilation_w < 0) ++kj_lo;
-      while (kj_hi > kj_lo && iw0 + (kj_hi - 1) * g.dilation_w >= g.in_w) --kj_hi;
-      auto channels = [&](int64_t c0, auto load_x) CONVOPS_LAMBDA_INLINE {
-        Vec<T> acc = a.bias ? load(a.bias + c0) : Vec<T>{};
-        for (int64_t ki = ki_lo; ki < ki_hi; ++ki) {
-          const T* src = row0 + ki * ki_step + iw0 * C + c0;
-          for (int64_t kj = kj_lo; kj < kj_hi; ++kj) {
-            acc += load(a.weight + (ki * g.kernel_w + kj) * Cp + c0) * load_x(src + kj * tap_step);
-          }
+      int64_t lo = 0, hi = g.kernel_w;
+      while (lo < hi && iw0 + lo * g.dilation_w < 0) ++lo;
+      while (hi > lo && iw0 + (hi - 1) * g.dilation_w >= g.in_w) --hi;
+      return std::pair<int64_t, int64_t>(lo, hi);
+    };
+    // Channels [c0, c0 + V) of output pixel ow over kernel columns kj, inputs read by load_x.
+    auto pixel_channels = [&](int64_t ow, std::pair<int64_t, int64_t> kj, int64_t c0,
+                              auto load_x) CONVOPS_LAMBDA_INLINE {
+      Vec<T> acc = a.bias ? load(a.bias + c0) : Vec<T>{};
+      for (int64_t ki = ki_lo; ki < ki_hi; ++ki) {
+        const T* src = row0 + ki * ki_step + (ow * g.stride_w - g.pad_w) * C + c0;
+        for (int64_t j = kj.first; j < kj.second; ++j) {
+          acc += load(a.weight + (ki * g.kernel_w + j) * Cp + c0) * load_x(src + j * tap_step);
         }
-        return acc;
-      };
-      T* d = dst_row + ow * C;
+      }
+      return acc;
+    };
+    // The channels of output pixel ow past the last whole vector.
+    auto channel_tail = [&](int64_t ow, std::pair<int64_t, int64_t> kj) CONVOPS_LAMBDA_INLINE {
+      const int64_t lanes = C - full;
+      const auto acc = pixel_channels(ow, kj, full, [lanes](const T* p) CONVOPS_LAMBDA_INLINE {
+        return load_partial(p, lanes);
+      });
+      store_partial(dst_row + ow * C + full, acc, lanes);
+    };
+    // One output pixel, all channels, its kernel columns clipped to the input.
+    auto pixel = [&](int64_t ow) CONVOPS_LAMBDA_INLINE {
+      const auto kj = kernel_columns(ow);
       for (int64_t c0 = 0; c0 < full; c0 += V) {
-        store(d + c0, channels(c0, [](const T* p) CONVOPS_LAMBDA_INLINE { return load(p); }));
+        store(dst_row + ow * C + c0,
+              pixel_channels(ow, kj, c0, [](const T* p) CONVOPS_LAMBDA_INLINE { return load(p); }));
       }
-      if (full < C) {
-        const int64_t lanes = C - full;
-        const auto acc = channels(full, [lanes](const T* p) CONVOPS_LAMBDA_INLINE {
-          return load_partial(p, lanes);
-        });
-        store_partial(d + full, acc, lanes);
-      }
+      if (full < C) channel_tail(ow, kj);
     };
     int64_t ow = 0;
     for (; ow < ow_lo; ++ow) pixel(ow);
@@ -792,18 +805,7 @@ CONVOPS_INLINE void forward_nhwc_k(const DwCall<T>& a) {
         for (int64_t p = 0; p < kPixels; ++p) store(d + p * C + c0, acc[p]);
       }
       if (full < C) {
-        // The channels past the last whole vector, pixel by pixel.
-        const int64_t lanes = C - full;
-        for (int64_t p = 0; p < kPixels; ++p) {
-          Vec<T> acc = a.bias ? load(a.bias + full) : Vec<T>{};
-          for (int64_t ki = ki_lo; ki < ki_hi; ++ki) {
-            const T* src = base + p * pixel_step + ki * ki_step + full;
-            for (int64_t kj = 0; kj < kw; ++kj) {
-              acc += load(a.weight + (ki * kw + kj) * Cp + full) * load_partial(src + kj * tap_step, lanes);
-            }
-          }
-          store_partial(d + p * C + full, acc, lanes);
-        }
+        for (int64_t p = 0; p < kPixels; ++p) channel_tail(ow + p, {0, kw});
       }
       ow += kPixels;
     };
