@@ -65,6 +65,21 @@ def grads_of(out, inputs, grad_out):
     return [next(got) if (t is not None and t.requires_grad) else None for t in inputs]
 
 
+def compare_compiled_with_eager(fn, compiled, inputs, wrt=(), **tol):
+    """Runs fn eagerly and compiled on the same inputs; compares the outputs and the gradients
+    of the inputs (and of the extra tensors wrt, e.g. parameters). Returns the compiled output."""
+    wrt = list(inputs) + list(wrt)
+    out_e = fn(*inputs)
+    go = torch.randn_like(out_e)
+    g_e = grads_of(out_e, wrt, go)
+    out_c = compiled(*inputs)
+    g_c = grads_of(out_c, wrt, go)
+    assert_close(out_c, out_e, **tol)
+    for a, b in zip(g_c, g_e):
+        assert_close(a, b, **tol)
+    return out_c
+
+
 def compare_with_reference(ours, reference, inputs, dtype, scale=1.0):
     """Runs both callables on the same inputs; compares outputs and every input gradient.
     Low-precision references are computed in float64 (a tighter oracle than torch's bf16 path)."""

@@ -13,7 +13,7 @@ from torch._dynamo.testing import CompileCounterWithBackend
 import convops
 import convops.functional as cF
 
-from conftest import assert_close, grads_of, requires_cuda
+from conftest import assert_close, compare_compiled_with_eager, requires_cuda
 
 ops = torch.ops.convops
 CONV2D, CONVT2D, WGRAD = "convops::conv2d", "convops::conv_transpose2d", "convops::conv2d_weight_grad"
@@ -143,19 +143,6 @@ def _aot_graphs(fn, inputs):
     return torch.compile(fn, backend=backend, fullgraph=True), graphs
 
 
-def _check_against_eager(fn, compiled, inputs, wrt=(), **tol):
-    """Outputs and the gradients of inputs (and of the extra tensors wrt, e.g. parameters)."""
-    wrt = list(inputs) + list(wrt)
-    out_e = fn(*inputs)
-    go = torch.randn_like(out_e)
-    g_e = grads_of(out_e, wrt, go)
-    out_c = compiled(*inputs)
-    g_c = grads_of(out_c, wrt, go)
-    assert_close(out_c, out_e, **tol)
-    for a, b in zip(g_c, g_e):
-        assert_close(a, b, **tol)
-
-
 @pytest.fixture(autouse=True)
 def _fresh_dynamo():
     torch._dynamo.reset()
@@ -202,7 +189,7 @@ def test_aot_autograd_forward_and_backward_graphs(name):
     fn, make_inputs, fw_ops, bw_ops = CASES[name]
     inputs = make_inputs()
     compiled, graphs = _aot_graphs(fn, inputs)
-    _check_against_eager(fn, compiled, inputs)
+    compare_compiled_with_eager(fn, compiled, inputs)
     assert len(graphs["fw"]) == 1 and len(graphs["bw"]) == 1
     assert _convops_counts(graphs["fw"][0]) == fw_ops
     if bw_ops is None:
@@ -219,7 +206,7 @@ def test_inductor_fullgraph_module_matches_eager():
     net = SmallNet()
     x = torch.randn(2, 3, 10, 9, requires_grad=True)
     compiled = torch.compile(net, fullgraph=True)
-    _check_against_eager(net, compiled, [x], net.parameters())
+    compare_compiled_with_eager(net, compiled, [x], net.parameters())
 
 
 def test_dynamic_shapes_compile_once():
@@ -228,7 +215,7 @@ def test_dynamic_shapes_compile_once():
     compiled = torch.compile(net, backend=counter, fullgraph=True, dynamic=True)
     for shape in [(2, 3, 10, 9), (5, 3, 12, 11), (4, 3, 9, 14)]:
         x = torch.randn(*shape, requires_grad=True)
-        _check_against_eager(net, compiled, [x], net.parameters())
+        compare_compiled_with_eager(net, compiled, [x], net.parameters())
     # symbolic batch and spatial sizes: no recompile (sizes 0 and 1 would be specialised, as usual)
     assert counter.frame_count == 1
 
@@ -250,7 +237,7 @@ def test_inductor_max_autotune_no_cudagraphs():
                               convops.nn.Conv2d(4, 2, 1))
     x = torch.randn(2, 3, 8, 8, requires_grad=True)
     compiled = torch.compile(net, mode="max-autotune-no-cudagraphs", fullgraph=True)
-    _check_against_eager(net, compiled, [x], net.parameters())
+    compare_compiled_with_eager(net, compiled, [x], net.parameters())
 
 
 @requires_cuda
@@ -261,7 +248,7 @@ def test_cuda_reduce_overhead_cudagraphs():
         x = torch.randn(2, 3, 10, 9, device="cuda")
         assert_close(compiled(x).clone(), net(x))
     x = torch.randn(2, 3, 10, 9, device="cuda", requires_grad=True)
-    _check_against_eager(net, compiled, [x], net.parameters())
+    compare_compiled_with_eager(net, compiled, [x], net.parameters())
 
 
 # ----------------------------------------------------------------------------- torch.export

@@ -10,8 +10,8 @@ import convops
 import convops.functional as cF
 from convops.ops import Conv2dFunction
 
-from conftest import (HAS_CUDA_KERNELS, assert_close, compare_with_reference, grads_of, make,
-                      requires_cuda)
+from conftest import (HAS_CUDA_KERNELS, assert_close, compare_compiled_with_eager,
+                      compare_with_reference, make, requires_cuda)
 
 ops = torch.ops.convops
 
@@ -359,16 +359,6 @@ class _SmallNet(torch.nn.Module):
         return self.c3(torch.relu(self.c2(torch.relu(self.c1(x)))))
 
 
-def _eager_and_compiled(fn, compiled, inputs):
-    out_e = fn(*inputs)
-    go = torch.randn_like(out_e)
-    g_e = grads_of(out_e, inputs, go)
-    out_c = compiled(*inputs)
-    g_c = grads_of(out_c, inputs, go)
-    assert_close(out_c, out_e)
-    for a, b in zip(g_c, g_e):
-        assert_close(a, b)
-    return out_c
 
 
 def test_compile_function_fullgraph():
@@ -383,7 +373,7 @@ def test_compile_function_fullgraph():
     x = torch.randn(2, 4, 8, 7, requires_grad=True)
     w = torch.randn(6, 2, 3, 3, requires_grad=True)
     b = torch.randn(6, requires_grad=True)
-    _eager_and_compiled(fn, compiled, [x, w, b])
+    compare_compiled_with_eager(fn, compiled, [x, w, b])
     ref = torch.relu(F.conv2d(x, w, b, (2, 1), (1, 2), (1, 2), 2)) * 2 + F.conv2d(x, w, None, 1, "same", 1, 2)[:, :, ::2]
     assert_close(compiled(x, w, b), ref)
 
@@ -395,7 +385,7 @@ def test_compile_module_dynamic():
     compiled = torch.compile(net, fullgraph=True, dynamic=True, backend="inductor")
     for shape in [(2, 3, 9, 10), (3, 3, 12, 7)]:
         x = torch.randn(*shape, requires_grad=True)
-        _eager_and_compiled(net, compiled, [x])
+        compare_compiled_with_eager(net, compiled, [x])
         # the parameters' gradients too
         net.zero_grad()
         compiled(x).square().sum().backward()
@@ -416,7 +406,7 @@ def test_compile_conv1d_and_unbatched_fullgraph():
     compiled = torch.compile(fn, fullgraph=True, backend="inductor")
     inputs = [torch.randn(2, 3, 11, requires_grad=True), torch.randn(4, 3, 4, requires_grad=True),
               torch.randn(3, 7, 8, requires_grad=True), torch.randn(2, 3, 3, 3, requires_grad=True)]
-    _eager_and_compiled(fn, compiled, inputs)
+    compare_compiled_with_eager(fn, compiled, inputs)
 
 
 # ----------------------------------------------------------------------------- (g) bad inputs

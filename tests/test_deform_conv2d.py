@@ -12,7 +12,7 @@ from torchvision.ops import deform_conv2d as tv_deform_conv2d
 import convops
 import convops.functional as cF
 
-from conftest import assert_close, grads_of, make
+from conftest import assert_close, compare_compiled_with_eager, grads_of, make
 
 ops = torch.ops.convops
 
@@ -294,14 +294,7 @@ def test_compile_fullgraph():
         return torch.relu(cF.deform_conv2d(x, off, w, b, mask=m, **kwargs)) * 2
 
     compiled = torch.compile(fn, fullgraph=True, backend="inductor")
-    out_e = fn(*inputs)
-    go = torch.randn_like(out_e)
-    g_e = grads_of(out_e, inputs, go)
-    out_c = compiled(*inputs)
-    g_c = grads_of(out_c, inputs, go)
-    assert_close(out_c, out_e)
-    for a, b in zip(g_c, g_e):
-        assert_close(a, b)
+    compare_compiled_with_eager(fn, compiled, inputs)
 
 
 def test_compile_rejects_bad_offset_shape():
