@@ -58,6 +58,12 @@ TORCH_LIBRARY(convops, m) {
       "depthwise_separable_conv2d(Tensor input, Tensor depthwise_weight, Tensor pointwise_weight, "
       "Tensor? depthwise_bias, Tensor? pointwise_bias, int[2] stride, int[2] padding, "
       "int[2] dilation) -> Tensor");
+  // Its gradients (input, depthwise_weight, depthwise_bias, pointwise_weight; undefined where
+  // output_mask is false), tile by tile; the pointwise bias's is grad_output's sum.
+  m.def(
+      "depthwise_separable_conv2d_backward(Tensor grad_output, Tensor input, "
+      "Tensor depthwise_weight, Tensor pointwise_weight, Tensor? depthwise_bias, int[2] stride, "
+      "int[2] padding, int[2] dilation, bool[4] output_mask) -> (Tensor, Tensor, Tensor, Tensor)");
   // Calls claimed by the grouped kernel (csrc/cpu/grouped_conv2d.cpp) since the last reset.
   m.def("_grouped_kernel_calls(bool reset=False) -> int", &cpu::grouped_kernel_calls_count);
 

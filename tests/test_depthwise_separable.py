@@ -52,6 +52,12 @@ CASES = {
     "same_even": ((1, 3, 8, 9), 2, (2, 4), 4, dict(padding="same")),
     "valid": ((2, 4, 7, 9), 1, (3, 3), 2, dict(padding="valid")),
     "tall_many_bands": ((1, 64, 70, 9), 1, (3, 3), 8, dict(padding=1)),
+    # Wide rows of many channels: bands of one to a few rows, so the backward's tiles and
+    # their halos (input-gradient rows split between bands) are exercised at every band edge.
+    "wide_bands_stride2": ((1, 256, 9, 200), 1, (3, 3), 3, dict(stride=2, padding=1)),
+    "wide_bands_mult2": ((2, 128, 11, 100), 2, (3, 3), 3, dict(padding=1)),
+    "wide_bands_dilated": ((1, 150, 17, 140), 1, (3, 3), 3, dict(padding=2, dilation=3)),
+    "wide_bands_unread_rows": ((1, 200, 12, 130), 1, (3, 3), 2, dict(stride=(2, 3))),
     "batch0": ((0, 4, 5, 5), 1, (3, 3), 3, dict(padding=1)),
     "unbatched": ((4, 7, 8), 2, (3, 3), 3, dict(padding=1, stride=2)),
 }
@@ -98,6 +104,52 @@ def test_separable_function_apply_matches_op():
     assert_close(ops.depthwise_separable_conv2d(x, dw, pw, db, pb, *args), ref)
 
 
+MASKS = [[True, True, True, True], [True, False, False, False], [False, True, False, False],
+         [False, False, True, False], [False, False, False, True], [False, True, True, False]]
+
+
+@pytest.mark.parametrize("mask", MASKS, ids=lambda m: "".join("1" if b else "0" for b in m))
+def test_backward_op_computes_only_what_is_asked(mask):
+    # depthwise_separable_conv2d_backward (the CPU backward when no graph is recorded) against
+    # autograd through the torch composition, gradient by gradient.
+    x, dw, pw, db, pb = _tensors((2, 96, 13, 60), 1, (3, 3), 5, torch.float64)
+    kw = dict(stride=1, padding=1)
+    ref = _ref(x, dw, pw, db, pb, **kw)
+    grad = torch.randn_like(ref)
+    expected = torch.autograd.grad(ref, [x, dw, db, pw], grad)
+    got = ops.depthwise_separable_conv2d_backward(grad, x.detach(), dw.detach(), pw.detach(), db.detach(),
+                                                  [1, 1], [1, 1], [1, 1], mask)
+    for wanted, g, e in zip(mask, got, expected):
+        if wanted:
+            assert_close(g, e, rtol=1e-10, atol=1e-10)
+        else:
+            assert g is None
+
+
+def test_double_backward_takes_the_composition():
+    # The fused backward op has no derivative of its own: with create_graph the backward is the
+    # composition of differentiable convops ops, and its gradients match torch's.
+    x, dw, pw, db, pb = _tensors((1, 3, 6, 7), 1, (3, 3), 2, torch.float64)
+    ours = _ours(x, dw, pw, db, pb, padding=1)
+    ref = _ref(x, dw, pw, db, pb, padding=1)
+    g_ours = torch.autograd.grad(ours.square().sum(), [x, dw, pw], create_graph=True)
+    g_ref = torch.autograd.grad(ref.square().sum(), [x, dw, pw], create_graph=True)
+    second_ours = torch.autograd.grad(sum(g.sum() for g in g_ours), [x, dw, pw, db])
+    second_ref = torch.autograd.grad(sum(g.sum() for g in g_ref), [x, dw, pw, db])
+    for a, e in zip(second_ours, second_ref):
+        assert_close(a, e, rtol=1e-9, atol=1e-9)
+
+
+def test_backward_op_errors():
+    x, dw, pw = torch.randn(1, 4, 6, 6), torch.randn(4, 1, 3, 3), torch.randn(5, 4, 1, 1)
+    with pytest.raises(RuntimeError, match="expected grad_output of size"):
+        ops.depthwise_separable_conv2d_backward(torch.randn(1, 5, 5, 6), x, dw, pw, None, [1, 1], [1, 1],
+                                                [1, 1], [True] * 4)
+    with pytest.raises(RuntimeError, match="expected grad_output on cpu of type Float"):
+        ops.depthwise_separable_conv2d_backward(torch.randn(1, 5, 6, 6, dtype=torch.float64), x, dw, pw,
+                                                None, [1, 1], [1, 1], [1, 1], [True] * 4)
+
+
 def _opcheck_samples():
     plain = [t.detach() for t in _tensors((2, 3, 6, 5), 1, (3, 3), 4, torch.float64)]
     grads = _tensors((2, 3, 7, 6), 2, (3, 2), 4, torch.float64)
@@ -108,6 +160,18 @@ def _opcheck_samples():
 @pytest.mark.parametrize("idx", range(3))
 def test_opcheck_depthwise_separable_conv2d(idx):
     result = torch.library.opcheck(ops.depthwise_separable_conv2d, _opcheck_samples()[idx])
+    assert all(v == "SUCCESS" for v in result.values()), result
+
+
+@pytest.mark.parametrize("idx", range(3))
+def test_opcheck_depthwise_separable_conv2d_backward(idx):
+    x, dw, pw, db, pb, stride, padding, dilation = _opcheck_samples()[idx]
+    x, dw, pw = x.detach(), dw.detach(), pw.detach()
+    db = db.detach() if db is not None else None
+    out = ops.depthwise_separable_conv2d(x, dw, pw, db, None, stride, padding, dilation)
+    mask = [True, True, db is not None, idx != 1]
+    args = (torch.randn_like(out), x, dw, pw, db, stride, padding, dilation, mask)
+    result = torch.library.opcheck(ops.depthwise_separable_conv2d_backward, args)
     assert all(v == "SUCCESS" for v in result.values()), result
 
 

@@ -6,9 +6,12 @@ ops with groups=C (which route to the same depthwise kernels):
 
     depthwise_conv2d(x, w)   d/dx -> conv_transpose2d(g, w, groups=C)   d/dw -> conv2d_weight_grad(g, x, groups=C)
 
-The fused separable op's backward recomputes the depthwise output (the forward never keeps
-it) and differentiates the two convolutions with the same convops ops, so double backward
-works through it too.
+The fused separable op's backward on the CPU is its own op, depthwise_separable_conv2d_backward:
+per band of rows, the band's tile of the depthwise output's gradient (pointwise_weight^T grad)
+feeds every gradient, and the depthwise output is recomputed a band at a time for the pointwise
+weight's (the forward never keeps it). When the backward itself is differentiated (double
+backward) or runs elsewhere, it is the composition of convops ops on the recomputed depthwise
+output instead.
 """
 from __future__ import annotations
 
@@ -74,6 +77,22 @@ def _depthwise_separable_conv2d_fake(input, depthwise_weight, pointwise_weight, 
     return out.contiguous(memory_format=_output_format(input, depthwise_weight))
 
 
+@torch.library.register_fake("convops::depthwise_separable_conv2d_backward")
+def _depthwise_separable_conv2d_backward_fake(grad_output, input, depthwise_weight, pointwise_weight,
+                                              depthwise_bias, stride, padding, dilation, output_mask):
+    check_depthwise_conv2d(input, depthwise_weight, depthwise_bias, stride, padding, dilation)
+    n, mid, oh, ow = _depthwise_out_shape(input, depthwise_weight, stride, padding, dilation)
+    check_pointwise_weight(pointwise_weight, None, input, (n, mid, oh, ow))
+    expected = [n, pointwise_weight.shape[0], oh, ow]
+    torch._check(list(grad_output.shape) == expected,
+                 lambda: f"depthwise_separable_conv2d_backward: expected grad_output of size {expected}, "
+                         f"but got {list(grad_output.shape)}")
+    grad_input = input.new_empty(input.shape).contiguous(memory_format=_output_format(input, depthwise_weight))
+    grads = (grad_input, depthwise_weight.new_empty(depthwise_weight.shape), input.new_empty((mid,)),
+             pointwise_weight.new_empty(pointwise_weight.shape))
+    return tuple(g if wanted else None for g, wanted in zip(grads, output_mask))
+
+
 # ----------------------------------------------------------------------------- depthwise_conv2d autograd
 
 def _depthwise_grads(ctx_needs, grad, input, weight, stride, padding, dilation):
@@ -128,13 +147,19 @@ def _separable_backward(ctx, grad):
     input, dw_weight, pw_weight, dw_bias = ctx.saved_tensors
     stride, padding, dilation = ctx.hyper
     needs = ctx.needs_input_grad
-    grad_pw = grad_pb = grad_input = grad_dw = grad_db = None
+    grad_pb = _bias_grad(grad) if needs[4] else None
+    if input.device.type == "cpu" and not torch.is_grad_enabled():
+        # Fused, tile by tile (csrc/cpu/depthwise.cpp). Not differentiable itself: a backward
+        # that records a graph (double backward) takes the composition below.
+        mask = [needs[0], needs[1], needs[3], needs[2]]
+        grad_input, grad_dw, grad_db, grad_pw = ops.depthwise_separable_conv2d_backward(
+            grad, input, dw_weight, pw_weight, dw_bias, stride, padding, dilation, mask)
+        return grad_input, grad_dw, grad_pw, grad_db, grad_pb, None, None, None
+    grad_pw = grad_input = grad_dw = grad_db = None
     if needs[2]:
         # The depthwise output is recomputed, not kept by the forward.
         mid = ops.depthwise_conv2d(input, dw_weight, dw_bias, stride, padding, dilation)
         grad_pw = ops.conv2d_weight_grad(grad, mid, [1, 1], [1, 1], [0, 0], [1, 1], 1)
-    if needs[4]:
-        grad_pb = _bias_grad(grad)
     if needs[0] or needs[1] or needs[3]:
         grad_mid = ops.conv_transpose2d(grad, pw_weight, None, [1, 1], [0, 0], [0, 0], 1, [1, 1])
         grad_input, grad_dw, grad_db = _depthwise_grads((needs[0], needs[1], needs[3]), grad_mid, input,

@@ -64,6 +64,27 @@ def depthwise_separable_conv2d_flop(input_shape, depthwise_shape, pointwise_shap
             + conv_flop_count(mid_shape, list(pointwise_shape), list(out_shape)))
 
 
+def depthwise_separable_conv2d_backward_flop(grad_output_shape, input_shape, depthwise_shape, pointwise_shape,
+                                             depthwise_bias, stride, padding, dilation, output_mask,
+                                             out_shape=None, **kwargs) -> int:
+    """convops::depthwise_separable_conv2d_backward: torch's counts for the backward of the two
+    convs it fuses, gradient by gradient as output_mask asks, plus the depthwise output it
+    recomputes for the pointwise weight's gradient."""
+    need_input, need_depthwise, need_depthwise_bias, need_pointwise = output_mask
+    mid_shape = [input_shape[0], depthwise_shape[0]] + list(grad_output_shape[2:])
+    count = 0
+    if need_pointwise:
+        count += conv_flop_count(list(input_shape), list(depthwise_shape), mid_shape)
+        count += conv2d_weight_grad_flop(grad_output_shape, mid_shape, out_shape=list(pointwise_shape))
+    if need_input or need_depthwise or need_depthwise_bias:  # the depthwise output's gradient
+        count += conv_flop_count(list(grad_output_shape), list(pointwise_shape), mid_shape, transposed=True)
+    if need_input:
+        count += conv_flop_count(mid_shape, list(depthwise_shape), list(input_shape), transposed=True)
+    if need_depthwise:
+        count += conv2d_weight_grad_flop(mid_shape, input_shape, out_shape=list(depthwise_shape))
+    return count
+
+
 # ----------------------------------------------------------------------------- [separable]
 
 def spatially_separable_conv2d_flop(input_shape, weight_v_shape, weight_h_shape, bias, stride, padding,
@@ -119,6 +140,7 @@ FORMULAS = {
     "conv2d_weight_grad": conv2d_weight_grad_flop,
     "depthwise_conv2d": depthwise_conv2d_flop,
     "depthwise_separable_conv2d": depthwise_separable_conv2d_flop,
+    "depthwise_separable_conv2d_backward": depthwise_separable_conv2d_backward_flop,
     "spatially_separable_conv2d": spatially_separable_conv2d_flop,
     "deform_conv2d": deform_conv2d_flop,
     "deform_conv2d_backward": deform_conv2d_backward_flop,

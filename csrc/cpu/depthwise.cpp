@@ -220,6 +220,12 @@ std::vector<int64_t> tap_offsets(const Conv2dGeometry& g, const PaddedPlane& p) 
   return off;
 }
 
+// The fused separable backward's tile of the depthwise output's gradient, for one image:
+// rows [t0, t1) of every channel, channels `stride` elements apart, rows out_w apart.
+struct GradTile {
+  int64_t t0 = 0, t1 = 0, stride = 0;
+};
+
 // The arguments of every kernel driver below; each says what its pointers hold.
 template <typename T>
 struct DwCall {
@@ -233,6 +239,8 @@ struct DwCall {
   PaddedPlane plane;
   T* buf;                 // a PaddedPlane of scratch (NCHW kernels)
   int64_t begin, end;     // task range
+  GradTile tile;          // the separable backward's band drivers
+  int64_t dst_stride;     // forward_band: elements between output channels (0: the band's area)
 };
 
 // Rows [r0, r1) of the padded plane of `plane` into buf (buf row 0 = padded row r0).
@@ -272,13 +280,20 @@ CONVOPS_INLINE void fill_padded_rows(const T* plane, T* buf, const Conv2dGeometr
   }
 }
 
-// The inverse of fill_padded_rows over the whole plane: plane[ih][iw] = padded + bias.
+// The inverse of fill_padded_rows for input rows [ih0, ih1): plane[ih][iw] = padded + bias,
+// from buf holding padded rows `rows` (rows outside them are bias alone).
 template <typename T>
-CONVOPS_INLINE void unpad_plane(const T* buf, T* plane, const Conv2dGeometry& g,
-                                const PaddedPlane& p, T bias) {
-  for (int64_t ih = 0; ih < g.in_h; ++ih) {
-    const T* src = buf + (ih + g.pad_h) * p.row_elems();
+CONVOPS_INLINE void unpad_rows(const T* buf, T* plane, const Conv2dGeometry& g,
+                               const PaddedPlane& p, T bias, int64_t ih0, int64_t ih1,
+                               RowRange rows) {
+  for (int64_t ih = ih0; ih < ih1; ++ih) {
     T* dst = plane + ih * g.in_w;
+    const int64_t r = ih + g.pad_h;
+    if (r < rows.r0 || r >= rows.r1) {
+      std::fill(dst, dst + g.in_w, bias);
+      continue;
+    }
+    const T* src = buf + (r - rows.r0) * p.row_elems();
     if (p.phases == 1) {
       for (int64_t iw = 0; iw < g.in_w; ++iw) dst[iw] = src[iw + g.pad_w] + bias;
       continue;
@@ -290,6 +305,12 @@ CONVOPS_INLINE void unpad_plane(const T* buf, T* plane, const Conv2dGeometry& g,
       for (int64_t iw = first, i = 0; iw < g.in_w; iw += p.phases, ++i) dst[iw] = from[i] + bias;
     }
   }
+}
+
+template <typename T>
+CONVOPS_INLINE void unpad_plane(const T* buf, T* plane, const Conv2dGeometry& g,
+                                const PaddedPlane& p, T bias) {
+  unpad_rows(buf, plane, g, p, bias, 0, g.in_h, RowRange{0, p.rows});
 }
 
 // Output rows [oh0, oh1) of one output plane (row stride out_w) from the padded plane in buf,
@@ -538,16 +559,17 @@ CONVOPS_INLINE void weight_grad_dense(const T* buf, const DwCall<T>& a, const T*
   if (i < area) accumulate(area - V, masks.row(period), load(grad + area - V), true);
 }
 
-// The adjoint of forward_rows: buf += the taps' reads, weighted by grad_output rows.
+// The adjoint of forward_rows: buf (row 0: padded row r0) += the taps' reads, weighted by
+// grad_output rows [oh0, oh1) (grad: row oh0).
 template <typename T, int kTaps>
-CONVOPS_INLINE void input_grad_rows(T* buf, const DwCall<T>& a, const T* w, const T* grad,
-                                    int64_t oh0, int64_t oh1) {
+CONVOPS_INLINE void input_grad_rows(T* buf, int64_t r0, const DwCall<T>& a, const T* w,
+                                    const T* grad, int64_t oh0, int64_t oh1) {
   constexpr int64_t V = kLanes<T>;
   const Conv2dGeometry& g = *a.g;
   const int64_t taps = kTaps > 0 ? kTaps : g.kernel_area();
   const int64_t* off = a.taps;
   for (int64_t oh = oh0; oh < oh1; ++oh) {
-    T* base = buf + oh * g.stride_h * a.plane.row_elems();
+    T* base = buf + (oh * g.stride_h - r0) * a.plane.row_elems();
     const T* src = grad + (oh - oh0) * g.out_w;
     const int64_t full = g.out_w / V * V;
     // Taps outside, columns inside: consecutive read-add-writes touch disjoint vectors, so a
@@ -567,17 +589,18 @@ CONVOPS_INLINE void input_grad_rows(T* buf, const DwCall<T>& a, const T* w, cons
   }
 }
 
-// acc[t] += sum over output rows [0, out_h) of grad_output x the tap's reads (per lane).
+// acc[t] += sum over output rows [oh0, oh1) (grad: row oh0) of grad_output x the tap's reads
+// of buf (row 0: padded row r0), per lane.
 template <typename T, int kTaps>
-CONVOPS_INLINE void weight_grad_rows(const T* buf, const DwCall<T>& a, const T* grad,
-                                     Vec<T>* acc) {
+CONVOPS_INLINE void weight_grad_rows(const T* buf, int64_t r0, const DwCall<T>& a, const T* grad,
+                                     Vec<T>* acc, int64_t oh0, int64_t oh1) {
   constexpr int64_t V = kLanes<T>;
   const Conv2dGeometry& g = *a.g;
   const int64_t taps = kTaps > 0 ? kTaps : g.kernel_area();
   const int64_t* off = a.taps;
-  for (int64_t oh = 0; oh < g.out_h; ++oh) {
-    const T* base = buf + oh * g.stride_h * a.plane.row_elems();
-    const T* src = grad + oh * g.out_w;
+  for (int64_t oh = oh0; oh < oh1; ++oh) {
+    const T* base = buf + (oh * g.stride_h - r0) * a.plane.row_elems();
+    const T* src = grad + (oh - oh0) * g.out_w;
     int64_t ow = 0;
     for (; ow + V <= g.out_w; ow += V) {
       const Vec<T> d = load(src + ow);
@@ -649,7 +672,7 @@ CONVOPS_INLINE void input_grad_planes_k(const DwCall<T>& a) {
     const int64_t n = plane / g.in_channels, c = plane % g.in_channels;
     std::fill(a.buf, a.buf + a.plane.elems(), T(0));
     for (int64_t o = c * m; o < (c + 1) * m; ++o) {
-      input_grad_rows<T, kTaps>(a.buf, a, a.weight + o * taps,
+      input_grad_rows<T, kTaps>(a.buf, 0, a, a.weight + o * taps,
                                 a.src + (n * g.out_channels + o) * g.out_area(), 0, g.out_h);
     }
     unpad_plane(a.buf, a.dst + plane * g.in_area(), g, a.plane, a.bias ? a.bias[c] : T(0));
@@ -675,7 +698,7 @@ CONVOPS_INLINE void weight_grad_planes_k(const DwCall<T>& a) {
       if (a.plane.dense) {
         weight_grad_dense<T, kTaps>(buf, a, grad, acc, *masks);
       } else {
-        weight_grad_rows<T, kTaps>(buf, a, grad, acc);
+        weight_grad_rows<T, kTaps>(buf, 0, a, grad, acc, 0, g.out_h);
       }
       T* dst = a.dst + (n * g.out_channels + o) * taps;
       for (int64_t t = 0; t < taps; ++t) dst[t] = lane_sum<T>(acc[t]);
@@ -690,6 +713,7 @@ CONVOPS_INLINE void forward_band_k(const DwCall<T>& a) {
   const Conv2dGeometry& g = *a.g;
   const int64_t m = g.out_channels / g.in_channels, taps = g.kernel_area();
   const int64_t band_area = (a.end - a.begin) * g.out_w;
+  const int64_t dst_stride = a.dst_stride ? a.dst_stride : band_area;
   const auto rows = rows_read(g, a.begin, a.end);
   std::optional<DenseMasks<T>> masks;
   if (a.plane.dense) masks.emplace(g, band_area);
@@ -698,15 +722,84 @@ CONVOPS_INLINE void forward_band_k(const DwCall<T>& a) {
       fill_dense_rows(a.src + c * g.in_area(), a.buf, g, rows.r0, rows.r1);
       for (int64_t o = c * m; o < (c + 1) * m; ++o) {
         forward_dense<T, kTaps>(a.buf, a, a.weight + o * taps, a.bias ? a.bias[o] : T(0),
-                                a.dst + o * band_area, *masks);
+                                a.dst + o * dst_stride, *masks);
       }
       continue;
     }
     fill_padded_rows(a.src + c * g.in_area(), a.buf, g, a.plane, rows.r0, rows.r1);
     for (int64_t o = c * m; o < (c + 1) * m; ++o) {
       forward_rows<T, kTaps>(a.buf, rows.r0, a, a.weight + o * taps, a.bias ? a.bias[o] : T(0),
-                             a.dst + o * band_area, a.begin, a.end);
+                             a.dst + o * dst_stride, a.begin, a.end);
     }
+  }
+}
+
+// The fused separable backward's depthwise weight gradient over output rows [begin, end) of
+// one image: src: the image's input planes, src2: the gradient tile (a.tile); dst (C*m, taps)
+// += the sums.
+template <typename T, int kTaps>
+CONVOPS_INLINE void weight_grad_band_k(const DwCall<T>& a) {
+  const Conv2dGeometry& g = *a.g;
+  const int64_t m = g.out_channels / g.in_channels, taps = g.kernel_area();
+  const auto rows = rows_read(g, a.begin, a.end);
+  VecArray<T> acc_buf(kTaps > 0 ? 0 : taps);
+  std::optional<DenseMasks<T>> masks;
+  if (a.plane.dense) masks.emplace(g, (a.end - a.begin) * g.out_w);
+  for (int64_t c = 0; c < g.in_channels; ++c) {
+    if (a.plane.dense) {
+      fill_dense_rows(a.src + c * g.in_area(), a.buf, g, rows.r0, rows.r1);
+    } else {
+      fill_padded_rows(a.src + c * g.in_area(), a.buf, g, a.plane, rows.r0, rows.r1);
+    }
+    for (int64_t o = c * m; o < (c + 1) * m; ++o) {
+      Vec<T> acc_fixed[kTaps > 0 ? kTaps : 1];
+      Vec<T>* acc = kTaps > 0 ? acc_fixed : acc_buf.data();
+      for (int64_t t = 0; t < taps; ++t) acc[t] = Vec<T>{};
+      const T* grad = a.src2 + o * a.tile.stride + (a.begin - a.tile.t0) * g.out_w;
+      if (a.plane.dense) {
+        weight_grad_dense<T, kTaps>(a.buf, a, grad, acc, *masks);
+      } else {
+        weight_grad_rows<T, kTaps>(a.buf, rows.r0, a, grad, acc, a.begin, a.end);
+      }
+      T* dst = a.dst + o * taps;
+      for (int64_t t = 0; t < taps; ++t) dst[t] += lane_sum<T>(acc[t]);
+    }
+  }
+}
+
+// The fused separable backward's depthwise bias gradient: dst[o] += the sum of the gradient
+// tile's (src, a.tile) rows [begin, end) of channel o, for o in [0, C*m).
+template <typename T, int kTaps>
+CONVOPS_INLINE void bias_grad_band_k(const DwCall<T>& a) {
+  constexpr int64_t V = kLanes<T>;
+  const Conv2dGeometry& g = *a.g;
+  const int64_t area = (a.end - a.begin) * g.out_w, full = area / V * V;
+  for (int64_t o = 0; o < g.out_channels; ++o) {
+    const T* row = a.src + o * a.tile.stride + (a.begin - a.tile.t0) * g.out_w;
+    Vec<T> acc0{}, acc1{};
+    int64_t i = 0;
+    for (; i + 2 * V <= full; i += 2 * V) acc0 += load(row + i), acc1 += load(row + i + V);
+    if (i < full) acc0 += load(row + i);
+    T total = lane_sum<T>(acc0 + acc1);
+    for (i = full; i < area; ++i) total += row[i];
+    a.dst[o] += total;
+  }
+}
+
+// The fused separable backward's input gradient rows [begin, end) of one image (dst: its
+// planes) from the gradient tile (src, a.tile), which holds every output row that reads them.
+template <typename T, int kTaps>
+CONVOPS_INLINE void input_grad_band_k(const DwCall<T>& a) {
+  const Conv2dGeometry& g = *a.g;
+  const int64_t m = g.out_channels / g.in_channels, taps = g.kernel_area();
+  const auto rows = a.tile.t0 < a.tile.t1 ? rows_read(g, a.tile.t0, a.tile.t1) : RowRange{0, 0};
+  for (int64_t c = 0; c < g.in_channels; ++c) {
+    std::fill(a.buf, a.buf + (rows.r1 - rows.r0) * a.plane.row_elems(), T(0));
+    for (int64_t o = c * m; o < (c + 1) * m && rows.r0 < rows.r1; ++o) {
+      input_grad_rows<T, kTaps>(a.buf, rows.r0, a, a.weight + o * taps, a.src + o * a.tile.stride,
+                                a.tile.t0, a.tile.t1);
+    }
+    unpad_rows(a.buf, a.dst + c * g.in_area(), g, a.plane, T(0), a.begin, a.end, rows);
   }
 }
 
@@ -935,6 +1028,9 @@ CONVOPS_DW_DRIVER(forward_planes)
 CONVOPS_DW_DRIVER(input_grad_planes)
 CONVOPS_DW_DRIVER(weight_grad_planes)
 CONVOPS_DW_DRIVER(forward_band)
+CONVOPS_DW_DRIVER(weight_grad_band)
+CONVOPS_DW_DRIVER(input_grad_band)
+CONVOPS_DW_DRIVER(bias_grad_band)
 CONVOPS_DW_DRIVER(forward_nhwc)
 CONVOPS_DW_DRIVER(input_grad_nhwc)
 CONVOPS_DW_DRIVER(weight_grad_nhwc)
@@ -1065,8 +1161,8 @@ at::Tensor input_grad_compute(const at::Tensor& grad_output, const at::Tensor& w
   return dx;
 }
 
-// Sum over the images of per-image partials (N, rest...), in image order: deterministic.
-at::Tensor sum_images_in_order(const at::Tensor& partial) {
+// Sum over dim 0 of partials (per image or per thread share), in order: deterministic.
+at::Tensor sum_in_order(const at::Tensor& partial) {
   auto total = partial.select(0, 0).clone();
   for (int64_t n = 1; n < partial.size(0); ++n) total.add_(partial.select(0, n));
   return total;
@@ -1095,7 +1191,7 @@ at::Tensor weight_grad_compute(const at::Tensor& grad_output, const at::Tensor& 
       a.dst = partial.tensor().data_ptr<scalar_t>();
       run_parallel(a, g.batch * (Cp / V), grain_for(g.out_area() * V * taps), 0, x.options(),
                    [](const DwCall<scalar_t>& c) { weight_grad_nhwc_isa(c); });
-      result = sum_images_in_order(partial.tensor().view({g.batch, taps, Cp}))
+      result = sum_in_order(partial.tensor().view({g.batch, taps, Cp}))
                    .narrow(1, 0, g.in_channels)
                    .t()
                    .contiguous();
@@ -1109,7 +1205,7 @@ at::Tensor weight_grad_compute(const at::Tensor& grad_output, const at::Tensor& 
     const int64_t m = g.out_channels / g.in_channels;
     run_parallel(a, g.batch * g.in_channels, grain_for(m * g.out_area() * taps), a.plane.rows,
                  x.options(), [](const DwCall<scalar_t>& c) { weight_grad_planes_isa(c); });
-    result = sum_images_in_order(partial.tensor().view({g.batch, g.out_channels, taps}));
+    result = sum_in_order(partial.tensor().view({g.batch, g.out_channels, taps}));
   });
   return result.view({g.out_channels, 1, g.kernel_h, g.kernel_w});
 }
@@ -1176,6 +1272,211 @@ at::Tensor separable_forward_compute(const at::Tensor& input, const at::Tensor& 
   return out;
 }
 
+// With stride 1 and one output channel per input channel, the input gradient is itself a
+// depthwise conv of grad_output: flipped kernel, padding d*(k-1) - p. Returns its geometry, or
+// nothing when that does not hold (strides, m > 1, p > d*(k-1), extra output_padding rows).
+c10::optional<Conv2dGeometry> input_grad_as_forward(const Conv2dGeometry& g) {
+  if (g.stride_h != 1 || g.stride_w != 1 || g.out_channels != g.in_channels) return c10::nullopt;
+  Conv2dGeometry f = g;
+  f.pad_h = g.dilation_h * (g.kernel_h - 1) - g.pad_h;
+  f.pad_w = g.dilation_w * (g.kernel_w - 1) - g.pad_w;
+  f.in_h = g.out_h;
+  f.in_w = g.out_w;
+  f.out_h = g.in_h;
+  f.out_w = g.in_w;
+  if (f.pad_h < 0 || f.pad_w < 0 ||
+      conv_out_size(f.in_h, f.kernel_h, 1, f.pad_h, f.dilation_h) != f.out_h ||
+      conv_out_size(f.in_w, f.kernel_w, 1, f.pad_w, f.dilation_w) != f.out_w) {
+    return c10::nullopt;
+  }
+  return f;
+}
+
+// ---- fused depthwise-separable backward
+//
+// Per (image, band of depthwise output rows): the band's tile of grad_mid = pw^T grad_output
+// (one GEMM), then from it and the input the band's share of every gradient. The band's
+// depthwise output is recomputed only for the pointwise weight's gradient. Input-gradient rows
+// are split between the bands; each band's tile extends over the output rows its input rows
+// need (a halo of about (kh - 1) * dilation / stride rows), so no two bands write the same
+// input row and nothing but tiles is ever held.
+
+// The rows one item works on.
+struct SeparableBand {
+  int64_t own0, own1;  // output rows whose weight gradients it sums
+  int64_t in0, in1;    // input rows whose gradient it writes
+  GradTile tile;       // grad_mid rows it needs (stride set by the caller)
+};
+
+int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -ceil_div(-a, b); }
+
+SeparableBand separable_band(const Conv2dGeometry& g, int64_t band, int64_t bands,
+                             int64_t band_rows, bool input_rows) {
+  SeparableBand s{};
+  s.own0 = band * band_rows;
+  s.own1 = std::min(s.own0 + band_rows, g.out_h);
+  s.tile.t0 = s.own0;
+  s.tile.t1 = s.own1;
+  if (!input_rows) return s;
+  s.in0 = band == 0 ? 0 : std::min(g.in_h, s.own0 * g.stride_h);
+  s.in1 = band + 1 == bands ? g.in_h : std::min(g.in_h, s.own1 * g.stride_h);
+  if (s.in0 >= s.in1) return s;
+  // Output rows oh read input rows oh*s - p + ki*d, ki in [0, kh).
+  const int64_t lo = std::max<int64_t>(
+      0, -floor_div(-(s.in0 + g.pad_h - (g.kernel_h - 1) * g.dilation_h), g.stride_h));
+  const int64_t hi = std::min(g.out_h, floor_div(s.in1 - 1 + g.pad_h, g.stride_h) + 1);
+  if (lo < hi) {
+    s.tile.t0 = std::min(s.tile.t0, lo);
+    s.tile.t1 = std::max(s.tile.t1, hi);
+  }
+  return s;
+}
+
+// Gradients of depthwise_separable_conv2d: (input, depthwise weight, depthwise bias,
+// pointwise weight), each undefined unless asked for, in the compute dtype.
+std::array<at::Tensor, 4> separable_backward_compute(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& dw_weight,
+    const at::Tensor& pw_weight, const c10::optional<at::Tensor>& dw_bias,
+    const Conv2dGeometry& g, std::array<bool, 4> mask) {
+  const auto cdt = compute_dtype(input.scalar_type());
+  const auto x = input.to(cdt).contiguous();
+  const auto gy = grad_output.to(cdt).contiguous();
+  const auto w = dw_weight.to(cdt).contiguous();
+  const auto b = contiguous_or_undefined(dw_bias, cdt);
+  const int64_t out_channels = pw_weight.size(0), mid = g.out_channels, taps = g.kernel_area();
+  const auto pw = pw_weight.to(cdt).contiguous().view({out_channels, mid});
+  const auto [need_x, need_dw, need_db, need_pw] = mask;
+  std::array<at::Tensor, 4> grads;
+  if (need_x) grads[0] = at::empty({g.batch, g.in_channels, g.in_h, g.in_w}, x.options());
+  const int64_t band_rows = separable_band_rows(g, x.element_size());
+  const int64_t bands = ceil_div(g.out_h, band_rows);
+  const int64_t items = g.batch * bands;
+  const int64_t shares = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), items));
+  // Per-share partial sums, added in share order at the end: deterministic for a thread count.
+  auto pw_sums = at::zeros({shares, out_channels, mid}, x.options());
+  auto dw_sums = at::zeros({shares, mid, taps}, x.options());
+  auto db_sums = at::zeros({shares, mid}, x.options());
+  int64_t tile_rows = 0;
+  for (int64_t band = 0; band < bands; ++band) {
+    const auto sb = separable_band(g, band, bands, band_rows, need_x);
+    tile_rows = std::max(tile_rows, sb.tile.t1 - sb.tile.t0);
+  }
+  const auto gy_images = gy.view({g.batch, out_channels, g.out_area()});
+  const auto pw_t = pw.t();
+  const auto flipped = w.flip({2, 3}).contiguous();
+  AT_DISPATCH_FLOATING_TYPES(cdt, "convops_depthwise_separable_backward", [&] {
+    constexpr int64_t V = kLanes<scalar_t>;
+    DwCall<scalar_t> rows_call{};  // the depthwise output and weight gradient: input rows
+    rows_call.g = &g;
+    rows_call.weight = w.data_ptr<scalar_t>();
+    rows_call.bias = ptr_or_null<scalar_t>(b);
+    rows_call.plane = padded_plane(g, V, PlaneLayouts{/*flat=*/false, /*dense=*/true});
+    const auto rows_taps = tap_offsets(g, rows_call.plane);
+    rows_call.taps = rows_taps.data();
+    DwCall<scalar_t> grad_call = rows_call;  // the input gradient: read-add-writes
+    grad_call.plane = padded_plane(g, V);
+    const auto grad_taps = tap_offsets(g, grad_call.plane);
+    grad_call.taps = grad_taps.data();
+    // Stride 1, m == 1: the input gradient is a forward depthwise conv of the tile.
+    const auto as_forward = input_grad_as_forward(g);
+    DwCall<scalar_t> forward_call{};
+    std::vector<int64_t> forward_taps;
+    int64_t forward_buf = 0;
+    if (as_forward) {
+      forward_call.weight = flipped.data_ptr<scalar_t>();
+      forward_call.plane = padded_plane(*as_forward, V, PlaneLayouts{/*flat=*/false, /*dense=*/true});
+      forward_taps = tap_offsets(*as_forward, forward_call.plane);
+      forward_call.taps = forward_taps.data();
+      forward_buf = forward_call.plane.buffer_elems(
+          rows_read(*as_forward, 0, std::min(g.in_h, band_rows * g.stride_h + tile_rows)).r1);
+    }
+    const int64_t rows_buf = rows_call.plane.buffer_elems(rows_read(g, 0, band_rows).r1);
+    const int64_t grad_buf = grad_call.plane.buffer_elems(rows_read(g, 0, tile_rows).r1);
+    parallel_gemm_for(shares, [&](int64_t share_begin, int64_t share_end) {
+      const ScratchBuffer plane_buf(std::max({rows_buf, grad_buf, forward_buf}), x.options());
+      const ScratchBuffer tile_buf(mid * tile_rows * g.out_w, x.options());
+      const ScratchBuffer mid_buf(need_pw ? mid * band_rows * g.out_w : 0, x.options());
+      for (int64_t share = share_begin; share < share_end; ++share) {
+        scalar_t* dw_sum = dw_sums[share].data_ptr<scalar_t>();
+        scalar_t* db_sum = db_sums[share].data_ptr<scalar_t>();
+        for (int64_t item = share * items / shares; item < (share + 1) * items / shares; ++item) {
+          const int64_t n = item / bands;
+          auto sb = separable_band(g, item % bands, bands, band_rows, need_x);
+          const int64_t tile_area = (sb.tile.t1 - sb.tile.t0) * g.out_w;
+          sb.tile.stride = tile_area;
+          const int64_t own_area = (sb.own1 - sb.own0) * g.out_w;
+          const auto gy_n = gy_images.select(0, n);
+          scalar_t* tile = tile_buf.tensor().data_ptr<scalar_t>();
+          auto tile_view = tile_buf.tensor().narrow(0, 0, mid * tile_area).view({mid, tile_area});
+          if (need_x || need_dw || need_db) {
+            at::mm_out(tile_view, pw_t, gy_n.narrow(1, sb.tile.t0 * g.out_w, tile_area));
+          }
+          if (need_pw) {
+            DwCall<scalar_t> a = rows_call;
+            a.src = x.data_ptr<scalar_t>() + n * g.in_channels * g.in_area();
+            a.buf = plane_buf.tensor().data_ptr<scalar_t>();
+            a.dst = mid_buf.tensor().data_ptr<scalar_t>();
+            a.begin = sb.own0;
+            a.end = sb.own1;
+            forward_band_isa(a);
+            const auto band_mid = mid_buf.tensor().narrow(0, 0, mid * own_area).view({mid, own_area});
+            pw_sums[share].addmm_(gy_n.narrow(1, sb.own0 * g.out_w, own_area), band_mid.t());
+          }
+          if (need_db) {
+            DwCall<scalar_t> a = rows_call;
+            a.src = tile;
+            a.tile = sb.tile;
+            a.dst = db_sum;
+            a.begin = sb.own0;
+            a.end = sb.own1;
+            bias_grad_band_isa(a);
+          }
+          if (need_dw) {
+            DwCall<scalar_t> a = rows_call;
+            a.src = x.data_ptr<scalar_t>() + n * g.in_channels * g.in_area();
+            a.src2 = tile;
+            a.tile = sb.tile;
+            a.buf = plane_buf.tensor().data_ptr<scalar_t>();
+            a.dst = dw_sum;
+            a.begin = sb.own0;
+            a.end = sb.own1;
+            weight_grad_band_isa(a);
+          }
+          if (need_x && sb.in0 < sb.in1 && as_forward) {
+            // A depthwise conv of the tile (see depthwise_input_grad), its rows numbered from
+            // the tile's first: padding grows by t0.
+            Conv2dGeometry f = *as_forward;
+            f.in_h = sb.tile.t1 - sb.tile.t0;
+            f.pad_h += sb.tile.t0;
+            DwCall<scalar_t> a = forward_call;
+            a.g = &f;
+            a.src = tile;
+            a.buf = plane_buf.tensor().data_ptr<scalar_t>();
+            a.dst = grads[0].data_ptr<scalar_t>() + (n * g.in_channels * g.in_h + sb.in0) * g.in_w;
+            a.dst_stride = g.in_area();
+            a.begin = sb.in0;
+            a.end = sb.in1;
+            forward_band_isa(a);
+          } else if (need_x && sb.in0 < sb.in1) {
+            DwCall<scalar_t> a = grad_call;
+            a.src = tile;
+            a.tile = sb.tile;
+            a.buf = plane_buf.tensor().data_ptr<scalar_t>();
+            a.dst = grads[0].data_ptr<scalar_t>() + n * g.in_channels * g.in_area();
+            a.begin = sb.in0;
+            a.end = sb.in1;
+            input_grad_band_isa(a);
+          }
+        }
+      }
+    });
+  });
+  if (need_dw) grads[1] = sum_in_order(dw_sums).view({mid, 1, g.kernel_h, g.kernel_w});
+  if (need_db) grads[2] = sum_in_order(db_sums);
+  if (need_pw) grads[3] = sum_in_order(pw_sums).view({out_channels, mid, 1, 1});
+  return grads;
+}
+
 // ---- operator entry points
 
 at::Tensor depthwise_conv2d_op(const at::Tensor& input, const at::Tensor& weight,
@@ -1198,6 +1499,31 @@ at::Tensor depthwise_separable_conv2d_op(const at::Tensor& input, const at::Tens
       .contiguous(conv_output_format(input, dw_weight));
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> depthwise_separable_conv2d_backward_op(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& dw_weight,
+    const at::Tensor& pw_weight, const c10::optional<at::Tensor>& dw_bias, at::IntArrayRef stride,
+    at::IntArrayRef padding, at::IntArrayRef dilation, std::array<bool, 4> output_mask) {
+  const auto g = depthwise_conv2d_geometry(input, dw_weight, dw_bias, stride, padding, dilation);
+  check_pointwise_weight(pw_weight, c10::nullopt, input, g);
+  TORCH_CHECK(grad_output.device() == input.device() &&
+                  grad_output.scalar_type() == input.scalar_type(),
+              "depthwise_separable_conv2d_backward: expected grad_output on ", input.device(),
+              " of type ", input.scalar_type(), ", but got grad_output on ", grad_output.device(),
+              " of type ", grad_output.scalar_type());
+  TORCH_CHECK(grad_output.dim() == 4 && grad_output.size(0) == g.batch &&
+                  grad_output.size(1) == pw_weight.size(0) && grad_output.size(2) == g.out_h &&
+                  grad_output.size(3) == g.out_w,
+              "depthwise_separable_conv2d_backward: expected grad_output of size ",
+              sizes_str(std::array<int64_t, 4>{g.batch, pw_weight.size(0), g.out_h, g.out_w}),
+              ", but got ", grad_output.sizes());
+  auto grads = separable_backward_compute(grad_output, input, dw_weight, pw_weight, dw_bias, g,
+                                          output_mask);
+  auto as_input = [&](const at::Tensor& t) { return t.defined() ? t.to(input.scalar_type()) : t; };
+  auto grad_input = as_input(grads[0]);
+  if (grad_input.defined()) grad_input = grad_input.contiguous(conv_output_format(input, dw_weight));
+  return {grad_input, as_input(grads[1]), as_input(grads[2]), as_input(grads[3])};
+}
+
 }  // namespace
 
 at::Tensor depthwise_forward(const at::Tensor& input, const at::Tensor& weight,
@@ -1206,26 +1532,6 @@ at::Tensor depthwise_forward(const at::Tensor& input, const at::Tensor& weight,
   return forward_compute(input, weight, bias, g)
       .to(input.scalar_type())
       .contiguous(conv_output_format(input, weight));
-}
-
-// With stride 1 and one output channel per input channel, the input gradient is itself a
-// depthwise conv of grad_output: flipped kernel, padding d*(k-1) - p. Returns its geometry, or
-// nothing when that does not hold (strides, m > 1, p > d*(k-1), extra output_padding rows).
-c10::optional<Conv2dGeometry> input_grad_as_forward(const Conv2dGeometry& g) {
-  if (g.stride_h != 1 || g.stride_w != 1 || g.out_channels != g.in_channels) return c10::nullopt;
-  Conv2dGeometry f = g;
-  f.pad_h = g.dilation_h * (g.kernel_h - 1) - g.pad_h;
-  f.pad_w = g.dilation_w * (g.kernel_w - 1) - g.pad_w;
-  f.in_h = g.out_h;
-  f.in_w = g.out_w;
-  f.out_h = g.in_h;
-  f.out_w = g.in_w;
-  if (f.pad_h < 0 || f.pad_w < 0 ||
-      conv_out_size(f.in_h, f.kernel_h, 1, f.pad_h, f.dilation_h) != f.out_h ||
-      conv_out_size(f.in_w, f.kernel_w, 1, f.pad_w, f.dilation_w) != f.out_w) {
-    return c10::nullopt;
-  }
-  return f;
 }
 
 at::Tensor depthwise_input_grad(const at::Tensor& grad_output, const at::Tensor& weight,
@@ -1250,6 +1556,7 @@ at::Tensor depthwise_weight_grad(const at::Tensor& grad_output, const at::Tensor
 TORCH_LIBRARY_IMPL(convops, CPU, m) {
   m.impl("depthwise_conv2d", &depthwise_conv2d_op);
   m.impl("depthwise_separable_conv2d", &depthwise_separable_conv2d_op);
+  m.impl("depthwise_separable_conv2d_backward", &depthwise_separable_conv2d_backward_op);
 }
 
 }  // namespace convops::cpu
