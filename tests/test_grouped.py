@@ -46,6 +46,9 @@ GRID = {
     "g4_c3_kernel_eq_input": (4, 3, 3, (2, 5, 6), (5, 6), {}),
     "g2_c2_pad_gt_kernel": (2, 2, 2, (1, 4, 5), (1, 3), dict(padding=2)),
     "g4_c2_height1": (4, 2, 2, (2, 1, 13), (1, 3), dict(stride=(1, 2))),
+    # Tall images: several bands of output rows per (image, group), the last one shorter.
+    "g2_c4_tall_bands": (2, 4, 4, (1, 300, 20), (3, 3), dict(padding=1)),
+    "g2_c6to4_s2_tall_bands": (2, 6, 4, (1, 401, 17), (3, 3), dict(stride=2, padding=1)),
 }
 
 
