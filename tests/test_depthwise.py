@@ -103,6 +103,9 @@ CL_CASES = {
     "c8_k1": ((2, 8, 5, 5), 1, (1, 1), {}),
     "c6_mult2": ((2, 6, 7, 7), 2, (3, 3), dict(padding=1)),
     "c4_same_even": ((1, 4, 6, 7), 1, (2, 4), dict(padding="same")),
+    # Wide and tall: blocks of 8 pixels, and the weight gradient's bands of rows (tasks).
+    "c20_wide_bands": ((2, 20, 61, 70), 1, (3, 3), dict(padding=1)),
+    "c33_stride2_dil2_bands": ((1, 33, 80, 90), 1, (3, 3), dict(stride=2, padding=1, dilation=2)),
 }
 
 

@@ -241,6 +241,7 @@ struct DwCall {
   int64_t begin, end;     // task range
   GradTile tile;          // the separable backward's band drivers
   int64_t dst_stride;     // forward_band: elements between output channels (0: the band's area)
+  int64_t rows_per_task;  // channels_last weight gradient: output rows per task
 };
 
 // Rows [r0, r1) of the padded plane of `plane` into buf (buf row 0 = padded row r0).
@@ -938,89 +939,133 @@ CONVOPS_INLINE void forward_nhwc_k(const DwCall<T>& a) {
 }
 
 // Tasks are input rows (image, ih): each input pixel gathers the outputs that read it.
-// src: grad_output (N, Ho, Wo, C); dst: grad_input (N, H, W, C).
+// src: grad_output (N, Ho, Wo, C); dst: grad_input (N, H, W, C). Pixels outer, channels inner
+// (the pixel's taps found once, then all its channels, four vectors at a time: independent
+// sums), so both tensors are read in runs of whole pixels.
 template <typename T, int kTaps>
 CONVOPS_INLINE void input_grad_nhwc_k(const DwCall<T>& a) {
   constexpr int64_t V = kLanes<T>;
   const Conv2dGeometry& g = *a.g;
-  const int64_t C = g.in_channels, Cp = round_up(C, V), taps = g.kernel_area();
-  VecArray<T> w_buf(kTaps > 0 ? 0 : taps);
+  const int64_t C = g.in_channels, Cp = round_up(C, V), full = C / V * V, taps = g.kernel_area();
+  std::vector<int64_t> tap_buf(kTaps > 0 ? 0 : 2 * taps);
+  int64_t tap_fixed[kTaps > 0 ? 2 * kTaps : 1];
+  int64_t* weight_at = kTaps > 0 ? tap_fixed : tap_buf.data();  // per live tap: weight row,
+  int64_t* grad_at = weight_at + taps;                            // grad_output element
   for (int64_t row = a.begin; row < a.end; ++row) {
     const int64_t n = row / g.in_h, ih = row % g.in_h;
     T* dst_row = a.dst + row * g.in_w * C;
-    for (int64_t c0 = 0; c0 < C; c0 += V) {
-      const int64_t lanes = std::min(V, C - c0);
-      Vec<T> w_fixed[kTaps > 0 ? kTaps : 1];
-      Vec<T>* w = kTaps > 0 ? w_fixed : w_buf.data();
-      for (int64_t t = 0; t < taps; ++t) w[t] = load(a.weight + t * Cp + c0);
-      const Vec<T> bias = a.bias ? load(a.bias + c0) : Vec<T>{};
-      for (int64_t iw = 0; iw < g.in_w; ++iw) {
-        Vec<T> acc = bias;
-        for (int64_t ki = 0; ki < g.kernel_h; ++ki) {
-          const int64_t th = ih + g.pad_h - ki * g.dilation_h;
-          if (th < 0 || th % g.stride_h != 0 || th / g.stride_h >= g.out_h) continue;
-          const T* src = a.src + ((n * g.out_h + th / g.stride_h) * g.out_w) * C + c0;
-          for (int64_t kj = 0; kj < g.kernel_w; ++kj) {
-            const int64_t tw = iw + g.pad_w - kj * g.dilation_w;
-            if (tw < 0 || tw % g.stride_w != 0 || tw / g.stride_w >= g.out_w) continue;
-            acc += w[ki * g.kernel_w + kj] * load_n(src + (tw / g.stride_w) * C, lanes);
-          }
+    for (int64_t iw = 0; iw < g.in_w; ++iw) {
+      int64_t live = 0;
+      for (int64_t ki = 0; ki < g.kernel_h; ++ki) {
+        const int64_t th = ih + g.pad_h - ki * g.dilation_h;
+        if (th < 0 || th % g.stride_h != 0 || th / g.stride_h >= g.out_h) continue;
+        const int64_t grad_row = (n * g.out_h + th / g.stride_h) * g.out_w;
+        for (int64_t kj = 0; kj < g.kernel_w; ++kj) {
+          const int64_t tw = iw + g.pad_w - kj * g.dilation_w;
+          if (tw < 0 || tw % g.stride_w != 0 || tw / g.stride_w >= g.out_w) continue;
+          weight_at[live] = (ki * g.kernel_w + kj) * Cp;
+          grad_at[live] = (grad_row + tw / g.stride_w) * C;
+          ++live;
         }
-        store_n(dst_row + iw * C + c0, acc, lanes);
+      }
+      T* dst = dst_row + iw * C;
+      int64_t c0 = 0;
+      for (; c0 + 4 * V <= full; c0 += 4 * V) {
+        Vec<T> acc[4];
+        for (int64_t u = 0; u < 4; ++u) acc[u] = a.bias ? load(a.bias + c0 + u * V) : Vec<T>{};
+        for (int64_t i = 0; i < live; ++i) {
+          const T* w = a.weight + weight_at[i] + c0;
+          const T* src = a.src + grad_at[i] + c0;
+          for (int64_t u = 0; u < 4; ++u) acc[u] += load(w + u * V) * load(src + u * V);
+        }
+        for (int64_t u = 0; u < 4; ++u) store(dst + c0 + u * V, acc[u]);
+      }
+      for (; c0 < C; c0 += V) {
+        const int64_t lanes = std::min(V, C - c0);
+        Vec<T> acc = a.bias ? load(a.bias + c0) : Vec<T>{};
+        for (int64_t i = 0; i < live; ++i) {
+          acc += load(a.weight + weight_at[i] + c0) * load_n(a.src + grad_at[i] + c0, lanes);
+        }
+        store_n(dst + c0, acc, lanes);
       }
     }
   }
 }
 
-// Tasks are (image, channel vector); src: input (N, H, W, C), src2: grad_output (N, Ho, Wo, C),
-// dst: partial sums (N, taps, Cp).
+// Tasks are (image, band of a.rows_per_task output rows), all channels; src: input
+// (N, H, W, C), src2: grad_output (N, Ho, Wo, C), dst: one partial sum (taps, Cp) per task.
+// Pixels outer, channels inner, as the forward: both tensors are read in runs of whole pixels
+// (one channel vector walked over the image read one vector per pixel, C apart, and waited
+// on memory for each), and a block of pixels' grad_output vectors stays in registers while
+// every tap's sum takes their products.
 template <typename T, int kTaps>
 CONVOPS_INLINE void weight_grad_nhwc_k(const DwCall<T>& a) {
   constexpr int64_t V = kLanes<T>;
   const Conv2dGeometry& g = *a.g;
-  const int64_t C = g.in_channels, Cp = round_up(C, V), taps = g.kernel_area();
-  const int64_t vectors = Cp / V;
-  VecArray<T> acc_buf(kTaps > 0 ? 0 : taps);
+  const int64_t C = g.in_channels, Cp = round_up(C, V), full = C / V * V, taps = g.kernel_area();
+  const int64_t kh = kTaps == 9 ? 3 : g.kernel_h, kw = kTaps == 9 ? 3 : g.kernel_w;
+  const int64_t bands = ceil_div(g.out_h, a.rows_per_task);
+  const auto [ow_lo, ow_hi] = interior_columns(g);
+  const int64_t pixel_step = g.stride_w * C, tap_step = g.dilation_w * C;
   for (int64_t task = a.begin; task < a.end; ++task) {
-    const int64_t n = task / vectors, c0 = task % vectors * V;
-    const int64_t lanes = std::min(V, C - c0);
-    Vec<T> acc_fixed[kTaps > 0 ? kTaps : 1];
-    Vec<T>* acc = kTaps > 0 ? acc_fixed : acc_buf.data();
-    for (int64_t t = 0; t < taps; ++t) acc[t] = Vec<T>{};
-    const auto [ow_lo, ow_hi] = interior_columns(g);
-    for (int64_t oh = 0; oh < g.out_h; ++oh) {
-      const T* grad_row = a.src2 + (n * g.out_h + oh) * g.out_w * C + c0;
-      auto border = [&](int64_t ow) CONVOPS_LAMBDA_INLINE {
-        const Vec<T> d = load_n(grad_row + ow * C, lanes);
-        for (int64_t ki = 0; ki < g.kernel_h; ++ki) {
-          const int64_t ih = oh * g.stride_h - g.pad_h + ki * g.dilation_h;
-          if (ih < 0 || ih >= g.in_h) continue;
-          const T* src = a.src + ((n * g.in_h + ih) * g.in_w) * C + c0;
-          for (int64_t kj = 0; kj < g.kernel_w; ++kj) {
-            const int64_t iw = ow * g.stride_w - g.pad_w + kj * g.dilation_w;
-            if (iw < 0 || iw >= g.in_w) continue;
-            acc[ki * g.kernel_w + kj] += d * load_n(src + iw * C, lanes);
-          }
-        }
-      };
-      for (int64_t ow = 0; ow < ow_lo; ++ow) border(ow);
-      int64_t ow = ow_lo;
-      if (lanes == V) {
-        for (; ow < ow_hi; ++ow) {
-          const Vec<T> d = load(grad_row + ow * C);
-          for (int64_t ki = 0; ki < g.kernel_h; ++ki) {
-            const int64_t ih = oh * g.stride_h - g.pad_h + ki * g.dilation_h;
-            if (ih < 0 || ih >= g.in_h) continue;
-            const T* src = a.src + ((n * g.in_h + ih) * g.in_w + ow * g.stride_w - g.pad_w) * C + c0;
-            for (int64_t kj = 0; kj < g.kernel_w; ++kj) {
-              acc[ki * g.kernel_w + kj] += d * load(src + kj * g.dilation_w * C);
+    const int64_t n = task / bands, oh0 = task % bands * a.rows_per_task;
+    T* sums = a.dst + task * taps * Cp;
+    std::fill(sums, sums + taps * Cp, T(0));
+    for (int64_t oh = oh0; oh < std::min(g.out_h, oh0 + a.rows_per_task); ++oh) {
+      const T* grad_row = a.src2 + (n * g.out_h + oh) * g.out_w * C;
+      int64_t ki_lo = kh, ki_hi = 0;
+      for (int64_t ki = 0; ki < kh; ++ki) {
+        const int64_t ih = oh * g.stride_h - g.pad_h + ki * g.dilation_h;
+        if (ih >= 0 && ih < g.in_h) ki_lo = std::min(ki_lo, ki), ki_hi = ki + 1;
+      }
+      const T* row0 = a.src + (n * g.in_h + oh * g.stride_h - g.pad_h) * g.in_w * C;
+      const int64_t ki_step = g.dilation_h * g.in_w * C;
+      // Channels [c_begin, C) of output pixel ow, its kernel columns clipped to the input.
+      auto pixel = [&](int64_t ow, int64_t c_begin) CONVOPS_LAMBDA_INLINE {
+        const int64_t iw0 = ow * g.stride_w - g.pad_w;
+        int64_t kj_lo = 0, kj_hi = kw;
+        while (kj_lo < kj_hi && iw0 + kj_lo * g.dilation_w < 0) ++kj_lo;
+        while (kj_hi > kj_lo && iw0 + (kj_hi - 1) * g.dilation_w >= g.in_w) --kj_hi;
+        for (int64_t c0 = c_begin; c0 < C; c0 += V) {
+          const int64_t lanes = std::min(V, C - c0);
+          const Vec<T> d = load_n(grad_row + ow * C + c0, lanes);
+          for (int64_t ki = ki_lo; ki < ki_hi; ++ki) {
+            const T* src = row0 + ki * ki_step + iw0 * C + c0;
+            for (int64_t kj = kj_lo; kj < kj_hi; ++kj) {
+              T* sum = sums + (ki * kw + kj) * Cp + c0;
+              store(sum, load(sum) + d * load_n(src + kj * tap_step, lanes));
             }
           }
         }
-      }
-      for (; ow < g.out_w; ++ow) border(ow);
+      };
+      int64_t ow = 0;
+      for (; ow < ow_lo; ++ow) pixel(ow, 0);
+      auto block = [&](auto pixels_tag) CONVOPS_LAMBDA_INLINE {
+        constexpr int64_t kPixels = decltype(pixels_tag)::value;
+        const T* base = row0 + (ow * g.stride_w - g.pad_w) * C;
+        for (int64_t c0 = 0; c0 < full; c0 += V) {
+          Vec<T> d[kPixels];
+          for (int64_t p = 0; p < kPixels; ++p) d[p] = load(grad_row + (ow + p) * C + c0);
+          for (int64_t ki = ki_lo; ki < ki_hi; ++ki) {
+            const T* src = base + ki * ki_step + c0;
+            T* sum = sums + ki * kw * Cp + c0;
+            for (int64_t kj = 0; kj < kw; ++kj, src += tap_step, sum += Cp) {
+              Vec<T> acc = load(sum);
+              for (int64_t p = 0; p < kPixels; ++p) acc += d[p] * load(src + p * pixel_step);
+              store(sum, acc);
+            }
+          }
+        }
+        if (full < C) {
+          for (int64_t p = 0; p < kPixels; ++p) pixel(ow + p, full);
+        }
+        ow += kPixels;
+      };
+      while (ow + 8 <= ow_hi) block(std::integral_constant<int64_t, 8>{});
+      while (ow + 4 <= ow_hi) block(std::integral_constant<int64_t, 4>{});
+      while (ow < ow_hi) block(std::integral_constant<int64_t, 1>{});
+      for (; ow < g.out_w; ++ow) pixel(ow, 0);
     }
-    for (int64_t t = 0; t < taps; ++t) store(a.dst + (n * taps + t) * Cp + c0, acc[t]);
   }
 }
 
@@ -1203,11 +1248,15 @@ at::Tensor weight_grad_compute(const at::Tensor& grad_output, const at::Tensor& 
     a.src2 = go.data_ptr<scalar_t>();
     if (nhwc) {
       const int64_t Cp = round_up(g.in_channels, V);
-      const ScratchBuffer partial(g.batch * taps * Cp, x.options());
+      // Bands of ~64K grad_output elements: enough tasks for the threads at batch 1, and
+      // sized by the geometry alone, so the sum's order does not depend on the thread count.
+      a.rows_per_task = std::clamp<int64_t>(ceil_div(int64_t(1) << 16, g.out_w * Cp), 1, g.out_h);
+      const int64_t tasks = g.batch * ceil_div(g.out_h, a.rows_per_task);
+      const ScratchBuffer partial(tasks * taps * Cp, x.options());
       a.dst = partial.tensor().data_ptr<scalar_t>();
-      run_parallel(a, g.batch * (Cp / V), grain_for(g.out_area() * V * taps), 0, x.options(),
+      run_parallel(a, tasks, 1, 0, x.options(),
                    [](const DwCall<scalar_t>& c) { weight_grad_nhwc_isa(c); });
-      result = sum_in_order(partial.tensor().view({g.batch, taps, Cp}))
+      result = sum_in_order(partial.tensor().view({tasks, taps, Cp}))
                    .narrow(1, 0, g.in_channels)
                    .t()
                    .contiguous();
