@@ -29,6 +29,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <numeric>
 #include <type_traits>
 #include <vector>
 
@@ -539,6 +540,28 @@ Correlation<T> input_grad_correlation(const Conv2dGeometry& g, const at::Tensor&
   return p;
 }
 
+// With stride s > 1, the input rows of one phase r (ih = s*j + r) are reached only by the
+// kernel rows ki with (r + p - ki*d) divisible by s, from grad_output row
+// j + (r + p - ki*d) / s: a stride-1 correlation over grad_output itself with those taps
+// (dilation d / gcd(s, d)). One such correlation per (row phase, column phase) does none of the
+// zero-upsampled correlation's multiplications by zeros (s_h * s_w times fewer FMAs).
+struct PhaseTaps {
+  std::vector<int64_t> taps;  // kernel taps ki, in order of increasing grad_output offset
+  int64_t first_offset = 0, dilation = 1;
+};
+
+PhaseTaps phase_taps(int64_t phase, int64_t stride, int64_t pad, int64_t dilation, int64_t kernel) {
+  PhaseTaps t;
+  for (int64_t ki = kernel - 1; ki >= 0; --ki) {
+    const int64_t reach = phase + pad - ki * dilation;
+    if (((reach % stride) + stride) % stride != 0) continue;
+    if (t.taps.empty()) t.first_offset = reach >= 0 ? reach / stride : -((-reach) / stride);
+    t.taps.push_back(ki);
+  }
+  t.dilation = dilation / std::gcd(stride, dilation);
+  return t;
+}
+
 template <typename T>
 const T* data_or_null(const at::Tensor& t) {
   return t.defined() ? t.data_ptr<T>() : nullptr;
@@ -626,14 +649,49 @@ at::Tensor grouped_input_grad(const at::Tensor& grad_output, const at::Tensor& w
       const scalar_t* wd = w.data_ptr<scalar_t>();
       const int64_t kh = g.kernel_h, kw = g.kernel_w, cpg = g.in_per_group(),
                     opg = g.out_per_group();
-      // Output o of the correlation is input channel o of the group; its reduction channel c
-      // is output channel c of the conv; the kernel is flipped.
-      run_correlation(input_grad_correlation<scalar_t>(g, y),
-                      [&](int64_t grp, int64_t o, int64_t c, int64_t ki, int64_t kj) {
-                        return wd[(((grp * opg + c) * cpg + o) * kh + (kh - 1 - ki)) * kw +
-                                  (kw - 1 - kj)];
-                      },
-                      data_or_null<scalar_t>(b), images);
+      if (g.stride_h == 1 && g.stride_w == 1) {
+        // Output o of the correlation is input channel o of the group; its reduction channel
+        // c is output channel c of the conv; the kernel is flipped.
+        run_correlation(input_grad_correlation<scalar_t>(g, y),
+                        [&](int64_t grp, int64_t o, int64_t c, int64_t ki, int64_t kj) {
+                          return wd[(((grp * opg + c) * cpg + o) * kh + (kh - 1 - ki)) * kw +
+                                    (kw - 1 - kj)];
+                        },
+                        data_or_null<scalar_t>(b), images);
+        return;
+      }
+      for (int64_t rh = 0; rh < std::min(g.stride_h, g.in_h); ++rh) {
+        for (int64_t rw = 0; rw < std::min(g.stride_w, g.in_w); ++rw) {
+          auto phase = images.slice(2, rh, g.in_h, g.stride_h).slice(3, rw, g.in_w, g.stride_w);
+          const auto th = phase_taps(rh, g.stride_h, g.pad_h, g.dilation_h, kh);
+          const auto tw = phase_taps(rw, g.stride_w, g.pad_w, g.dilation_w, kw);
+          if (th.taps.empty() || tw.taps.empty()) {
+            // No kernel tap reaches these rows or columns: the bias alone.
+            if (b.defined()) {
+              phase.copy_(b.view({1, g.in_channels, 1, 1}).expand_as(phase));
+            } else {
+              phase.zero_();
+            }
+            continue;
+          }
+          Correlation<scalar_t> p = input_grad_correlation<scalar_t>(g, y);
+          p.up_h = p.up_w = 1;
+          p.out_h = phase.size(2);
+          p.out_w = phase.size(3);
+          p.kernel_h = int64_t(th.taps.size());
+          p.kernel_w = int64_t(tw.taps.size());
+          p.dilation_h = th.dilation;
+          p.dilation_w = tw.dilation;
+          p.pad_h = -th.first_offset;
+          p.pad_w = -tw.first_offset;
+          run_correlation(p,
+                          [&](int64_t grp, int64_t o, int64_t c, int64_t ti, int64_t tj) {
+                            return wd[(((grp * opg + c) * cpg + o) * kh + th.taps[ti]) * kw +
+                                      tw.taps[tj]];
+                          },
+                          data_or_null<scalar_t>(b), phase);
+        }
+      }
     });
   }
   return images.to(grad_output.scalar_type()).contiguous(format);
