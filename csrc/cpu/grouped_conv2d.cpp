@@ -14,9 +14,10 @@
 // output channel of the block, one weight broadcast feeds the whole strip.
 //
 //   forward        X = input,                                 W = weight
-//   input grad     X = grad_output upsampled by the stride,    W = weight transposed and
-//                  stride 1, padding d*(k-1)-p (gather form,     flipped (a correlation)
-//                  no scatter, no atomics)
+//   input grad     X = grad_output, stride 1, padding          W = weight transposed and
+//                  d*(k-1)-p (gather form, no scatter, no        flipped (a correlation)
+//                  atomics); with stride s > 1, one such correlation per (row, column) phase
+//                  of the input, each with only the taps that reach it (PhaseTaps)
 //   weight grad    dW[o][c][ki][kj] = sum dy[o][oh][ow] * X[c][...]: the same packed X band
 //                  and a packed grad_output band; vector partial sums per thread, reduced in
 //                  a fixed order (deterministic for a given thread count).
@@ -103,7 +104,6 @@ struct Source {
 template <typename T>
 struct Correlation {
   Source<T> src;
-  int64_t up_h = 1, up_w = 1;          // zero-upsampling of the source (input grad: stride)
   int64_t batch = 0, groups = 1;
   int64_t channels = 0;                // reduction channels per group (of X)
   int64_t outputs = 0;                 // output channels per group
@@ -517,14 +517,13 @@ Correlation<T> conv_correlation(const Conv2dGeometry& g, const at::Tensor& src) 
   return p;
 }
 
-// conv2d's input gradient as a stride-1 correlation over grad_output upsampled by the stride,
-// with the kernel flipped (padding d*(k-1)-p) and its channel roles swapped.
+// conv2d's input gradient for stride 1: a correlation over grad_output with the kernel flipped
+// (padding d*(k-1)-p) and its channel roles swapped. Strides > 1 narrow it to each phase's
+// taps (PhaseTaps).
 template <typename T>
 Correlation<T> input_grad_correlation(const Conv2dGeometry& g, const at::Tensor& grad_output) {
   Correlation<T> p;
   p.src = source_of<T>(grad_output);
-  p.up_h = g.stride_h;
-  p.up_w = g.stride_w;
   p.batch = g.batch;
   p.groups = g.groups;
   p.channels = g.out_per_group();
@@ -675,7 +674,6 @@ at::Tensor grouped_input_grad(const at::Tensor& grad_output, const at::Tensor& w
             continue;
           }
           Correlation<scalar_t> p = input_grad_correlation<scalar_t>(g, y);
-          p.up_h = p.up_w = 1;
           p.out_h = phase.size(2);
           p.out_w = phase.size(3);
           p.kernel_h = int64_t(th.taps.size());
