@@ -49,6 +49,9 @@ GRID = {
     # Tall images: several bands of output rows per (image, group), the last one shorter.
     "g2_c4_tall_bands": (2, 4, 4, (1, 300, 20), (3, 3), dict(padding=1)),
     "g2_c6to4_s2_tall_bands": (2, 6, 4, (1, 401, 17), (3, 3), dict(stride=2, padding=1)),
+    # Wide stride-2 rows: the column phases are split a vector pair at a time.
+    "g4_c2to3_s2_wide": (4, 2, 3, (1, 5, 70), (3, 3), dict(stride=2, padding=1)),
+    "g2_c3_s1x2_wide_pad2": (2, 3, 3, (2, 4, 83), (2, 5), dict(stride=(1, 2), padding=(0, 2))),
 }
 
 

@@ -87,6 +87,10 @@ struct GenericVec {  // baseline: plain arrays the compiler vectorises with SSE2
     for (int i = 0; i < N; ++i) p[i] = a.v[i];
   }
   static GROUPED_INLINE V in_register(V a) { return a; }
+  // even[i] = src[2i], odd[i] = src[2i + 1] for i < N.
+  static GROUPED_INLINE void deinterleave2(const T* src, T* even, T* odd) {
+    for (int i = 0; i < N; ++i) even[i] = src[2 * i], odd[i] = src[2 * i + 1];
+  }
 };
 
 // ----------------------------------------------------------------------------- the problem
@@ -299,6 +303,14 @@ struct FloatVec {
   VEC_FN V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
   VEC_FN V add(V a, V b) { return _mm256_add_ps(a, b); }
   VEC_FN void store(float* p, V a) { _mm256_storeu_ps(p, a); }
+  // even[i] = src[2i], odd[i] = src[2i + 1] for i < L.
+  VEC_FN void deinterleave2(const float* src, float* even, float* odd) {
+    const V a = load(src), b = load(src + 8);  // shuffles work per 128-bit lane, then reorder
+    _mm256_storeu_ps(even, _mm256_castpd_ps(_mm256_permute4x64_pd(
+                               _mm256_castps_pd(_mm256_shuffle_ps(a, b, 0x88)), 0xD8)));
+    _mm256_storeu_ps(odd, _mm256_castpd_ps(_mm256_permute4x64_pd(
+                              _mm256_castps_pd(_mm256_shuffle_ps(a, b, 0xDD)), 0xD8)));
+  }
   // A loaded value kept in a register: GCC would otherwise fold the load into every FMA that
   // uses it, reloading it once per use (the micro-kernels reuse each load several times).
   VEC_FN V in_register(V a) {
@@ -318,6 +330,11 @@ struct DoubleVec {
   VEC_FN V fma(V a, V b, V c) { return _mm256_fmadd_pd(a, b, c); }
   VEC_FN V add(V a, V b) { return _mm256_add_pd(a, b); }
   VEC_FN void store(double* p, V a) { _mm256_storeu_pd(p, a); }
+  VEC_FN void deinterleave2(const double* src, double* even, double* odd) {
+    const V a = load(src), b = load(src + 4);
+    _mm256_storeu_pd(even, _mm256_permute4x64_pd(_mm256_unpacklo_pd(a, b), 0xD8));
+    _mm256_storeu_pd(odd, _mm256_permute4x64_pd(_mm256_unpackhi_pd(a, b), 0xD8));
+  }
   // A loaded value kept in a register: GCC would otherwise fold the load into every FMA that
   // uses it, reloading it once per use (the micro-kernels reuse each load several times).
   VEC_FN V in_register(V a) {
@@ -343,6 +360,13 @@ struct FloatVec {
   VEC_FN V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
   VEC_FN V add(V a, V b) { return _mm512_add_ps(a, b); }
   VEC_FN void store(float* p, V a) { _mm512_storeu_ps(p, a); }
+  VEC_FN void deinterleave2(const float* src, float* even, float* odd) {
+    const __m512i even_idx = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i odd_idx = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    const V a = load(src), b = load(src + 16);
+    _mm512_storeu_ps(even, _mm512_permutex2var_ps(a, even_idx, b));
+    _mm512_storeu_ps(odd, _mm512_permutex2var_ps(a, odd_idx, b));
+  }
   // A loaded value kept in a register: GCC would otherwise fold the load into every FMA that
   // uses it, reloading it once per use (the micro-kernels reuse each load several times).
   VEC_FN V in_register(V a) {
@@ -362,6 +386,13 @@ struct DoubleVec {
   VEC_FN V fma(V a, V b, V c) { return _mm512_fmadd_pd(a, b, c); }
   VEC_FN V add(V a, V b) { return _mm512_add_pd(a, b); }
   VEC_FN void store(double* p, V a) { _mm512_storeu_pd(p, a); }
+  VEC_FN void deinterleave2(const double* src, double* even, double* odd) {
+    const __m512i even_idx = _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14);
+    const __m512i odd_idx = _mm512_setr_epi64(1, 3, 5, 7, 9, 11, 13, 15);
+    const V a = load(src), b = load(src + 8);
+    _mm512_storeu_pd(even, _mm512_permutex2var_pd(a, even_idx, b));
+    _mm512_storeu_pd(odd, _mm512_permutex2var_pd(a, odd_idx, b));
+  }
   // A loaded value kept in a register: GCC would otherwise fold the load into every FMA that
   // uses it, reloading it once per use (the micro-kernels reuse each load several times).
   VEC_FN V in_register(V a) {
