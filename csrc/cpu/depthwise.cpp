@@ -811,6 +811,17 @@ std::pair<int64_t, int64_t> interior_columns(const Conv2dGeometry& g) {
   return {lo, std::max(lo, std::min(g.out_w, last_in < 0 ? 0 : last_in / g.stride_w + 1))};
 }
 
+// The kernel taps [lo, hi) along one dimension that fall inside the input for the output
+// position whose first tap reads input index `first` (rows: kernel rows; columns: kernel
+// columns of an output pixel).
+std::pair<int64_t, int64_t> taps_inside(int64_t first, int64_t kernel, int64_t dilation,
+                                        int64_t size) {
+  int64_t lo = 0, hi = kernel;
+  while (lo < hi && first + lo * dilation < 0) ++lo;
+  while (hi > lo && first + (hi - 1) * dilation >= size) --hi;
+  return {lo, hi};
+}
+
 // ---- channels_last drivers (m == 1): weights (taps, Cp) and bias (Cp), Cp = C rounded up to
 // whole vectors and zero-filled, so only the activations need partial loads.
 
@@ -830,20 +841,13 @@ CONVOPS_INLINE void forward_nhwc_k(const DwCall<T>& a) {
     const int64_t n = row / g.out_h, oh = row % g.out_h;
     T* dst_row = a.dst + row * g.out_w * C;
     // The kernel rows that fall inside the input, and their input rows.
-    int64_t ki_lo = g.kernel_h, ki_hi = 0;
-    for (int64_t ki = 0; ki < g.kernel_h; ++ki) {
-      const int64_t ih = oh * g.stride_h - g.pad_h + ki * g.dilation_h;
-      if (ih >= 0 && ih < g.in_h) ki_lo = std::min(ki_lo, ki), ki_hi = ki + 1;
-    }
+    const auto [ki_lo, ki_hi] =
+        taps_inside(oh * g.stride_h - g.pad_h, g.kernel_h, g.dilation_h, g.in_h);
     const T* row0 = a.src + (n * g.in_h + oh * g.stride_h - g.pad_h) * g.in_w * C;
     const int64_t ki_step = g.dilation_h * g.in_w * C;
     // Output pixel ow's kernel columns [lo, hi) that fall inside the input.
     auto kernel_columns = [&](int64_t ow) CONVOPS_LAMBDA_INLINE {
-      const int64_t iw0 = ow * g.stride_w - g.pad_w;
-      int64_t lo = 0, hi = g.kernel_w;
-      while (lo < hi && iw0 + lo * g.dilation_w < 0) ++lo;
-      while (hi > lo && iw0 + (hi - 1) * g.dilation_w >= g.in_w) --hi;
-      return std::pair<int64_t, int64_t>(lo, hi);
+      return taps_inside(ow * g.stride_w - g.pad_w, g.kernel_w, g.dilation_w, g.in_w);
     };
     // Channels [c0, c0 + V) of output pixel ow over kernel columns kj, inputs read by load_x.
     auto pixel_channels = [&](int64_t ow, std::pair<int64_t, int64_t> kj, int64_t c0,
@@ -1013,19 +1017,13 @@ CONVOPS_INLINE void weight_grad_nhwc_k(const DwCall<T>& a) {
     std::fill(sums, sums + taps * Cp, T(0));
     for (int64_t oh = oh0; oh < std::min(g.out_h, oh0 + a.rows_per_task); ++oh) {
       const T* grad_row = a.src2 + (n * g.out_h + oh) * g.out_w * C;
-      int64_t ki_lo = kh, ki_hi = 0;
-      for (int64_t ki = 0; ki < kh; ++ki) {
-        const int64_t ih = oh * g.stride_h - g.pad_h + ki * g.dilation_h;
-        if (ih >= 0 && ih < g.in_h) ki_lo = std::min(ki_lo, ki), ki_hi = ki + 1;
-      }
+      const auto [ki_lo, ki_hi] = taps_inside(oh * g.stride_h - g.pad_h, kh, g.dilation_h, g.in_h);
       const T* row0 = a.src + (n * g.in_h + oh * g.stride_h - g.pad_h) * g.in_w * C;
       const int64_t ki_step = g.dilation_h * g.in_w * C;
       // Channels [c_begin, C) of output pixel ow, its kernel columns clipped to the input.
       auto pixel = [&](int64_t ow, int64_t c_begin) CONVOPS_LAMBDA_INLINE {
         const int64_t iw0 = ow * g.stride_w - g.pad_w;
-        int64_t kj_lo = 0, kj_hi = kw;
-        while (kj_lo < kj_hi && iw0 + kj_lo * g.dilation_w < 0) ++kj_lo;
-        while (kj_hi > kj_lo && iw0 + (kj_hi - 1) * g.dilation_w >= g.in_w) --kj_hi;
+        const auto [kj_lo, kj_hi] = taps_inside(iw0, kw, g.dilation_w, g.in_w);
         for (int64_t c0 = c_begin; c0 < C; c0 += V) {
           const int64_t lanes = std::min(V, C - c0);
           const Vec<T> d = load_n(grad_row + ow * C + c0, lanes);

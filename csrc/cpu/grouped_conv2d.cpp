@@ -335,8 +335,7 @@ struct DoubleVec {
     _mm256_storeu_pd(even, _mm256_permute4x64_pd(_mm256_unpacklo_pd(a, b), 0xD8));
     _mm256_storeu_pd(odd, _mm256_permute4x64_pd(_mm256_unpackhi_pd(a, b), 0xD8));
   }
-  // A loaded value kept in a register: GCC would otherwise fold the load into every FMA that
-  // uses it, reloading it once per use (the micro-kernels reuse each load several times).
+  // As avx2::FloatVec::in_register.
   VEC_FN V in_register(V a) {
     asm("" : "+v"(a));
     return a;
@@ -367,8 +366,7 @@ struct FloatVec {
     _mm512_storeu_ps(even, _mm512_permutex2var_ps(a, even_idx, b));
     _mm512_storeu_ps(odd, _mm512_permutex2var_ps(a, odd_idx, b));
   }
-  // A loaded value kept in a register: GCC would otherwise fold the load into every FMA that
-  // uses it, reloading it once per use (the micro-kernels reuse each load several times).
+  // As avx2::FloatVec::in_register.
   VEC_FN V in_register(V a) {
     asm("" : "+v"(a));
     return a;
@@ -393,8 +391,7 @@ struct DoubleVec {
     _mm512_storeu_pd(even, _mm512_permutex2var_pd(a, even_idx, b));
     _mm512_storeu_pd(odd, _mm512_permutex2var_pd(a, odd_idx, b));
   }
-  // A loaded value kept in a register: GCC would otherwise fold the load into every FMA that
-  // uses it, reloading it once per use (the micro-kernels reuse each load several times).
+  // As avx2::FloatVec::in_register.
   VEC_FN V in_register(V a) {
     asm("" : "+v"(a));
     return a;
