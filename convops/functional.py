@@ -197,7 +197,8 @@ def depthwise_separable_conv2d(input: Tensor, depthwise_weight: Tensor, pointwis
                                pointwise_bias: Optional[Tensor] = None, stride: IntOrSeq = 1,
                                padding: Union[IntOrSeq, str] = 0, dilation: IntOrSeq = 1) -> Tensor:
     """A depthwise conv then a 1x1 conv, fused: `F.conv2d(F.conv2d(x, dw, db, stride, padding,
-    dilation, groups=C), pw, pb)` without materialising the depthwise output."""
+    dilation, groups=C), pw, pb)` without materialising the depthwise output (nor, in the CPU
+    backward, its gradient: both live in tiles of a band of rows)."""
     input, batched, stride, padding, dilation = _depthwise_args(input, depthwise_weight, stride, padding,
                                                                 dilation, "conv2d")
     out = _apply(DepthwiseSeparableConv2dFunction, input, depthwise_weight, pointwise_weight, depthwise_bias,
