@@ -680,6 +680,29 @@ CONVOPS_INLINE void input_grad_planes_k(const DwCall<T>& a) {
   }
 }
 
+// The kernel-tap sums of grad_output rows [oh0, oh1) (grad: row oh0) times the taps' reads of
+// buf (its row 0: padded row r0; a dense buf holds exactly these rows, masks over their area),
+// lanes summed in order into dst[t] (added to it if `add`). acc_buf: room for the taps' vector
+// sums when the tap count is not fixed.
+template <typename T, int kTaps>
+CONVOPS_INLINE void tap_sums(const T* buf, int64_t r0, const DwCall<T>& a, const T* grad,
+                             int64_t oh0, int64_t oh1, const std::optional<DenseMasks<T>>& masks,
+                             Vec<T>* acc_buf, T* dst, bool add) {
+  const int64_t taps = a.g->kernel_area();
+  Vec<T> acc_fixed[kTaps > 0 ? kTaps : 1];
+  Vec<T>* acc = kTaps > 0 ? acc_fixed : acc_buf;
+  for (int64_t t = 0; t < taps; ++t) acc[t] = Vec<T>{};
+  if (a.plane.dense) {
+    weight_grad_dense<T, kTaps>(buf, a, grad, acc, *masks);
+  } else {
+    weight_grad_rows<T, kTaps>(buf, r0, a, grad, acc, oh0, oh1);
+  }
+  for (int64_t t = 0; t < taps; ++t) {
+    const T sum = lane_sum<T>(acc[t]);
+    dst[t] = add ? dst[t] + sum : sum;
+  }
+}
+
 // src: input, src2: grad_output; dst: partial sums (N, C*m, taps).
 template <typename T, int kTaps>
 CONVOPS_INLINE void weight_grad_planes_k(const DwCall<T>& a) {
@@ -692,17 +715,8 @@ CONVOPS_INLINE void weight_grad_planes_k(const DwCall<T>& a) {
     const int64_t n = plane / g.in_channels, c = plane % g.in_channels;
     const T* buf = input_plane(a, plane);
     for (int64_t o = c * m; o < (c + 1) * m; ++o) {
-      Vec<T> acc_fixed[kTaps > 0 ? kTaps : 1];
-      Vec<T>* acc = kTaps > 0 ? acc_fixed : acc_buf.data();
-      for (int64_t t = 0; t < taps; ++t) acc[t] = Vec<T>{};
-      const T* grad = a.src2 + (n * g.out_channels + o) * g.out_area();
-      if (a.plane.dense) {
-        weight_grad_dense<T, kTaps>(buf, a, grad, acc, *masks);
-      } else {
-        weight_grad_rows<T, kTaps>(buf, 0, a, grad, acc, 0, g.out_h);
-      }
-      T* dst = a.dst + (n * g.out_channels + o) * taps;
-      for (int64_t t = 0; t < taps; ++t) dst[t] = lane_sum<T>(acc[t]);
+      tap_sums<T, kTaps>(buf, 0, a, a.src2 + (n * g.out_channels + o) * g.out_area(), 0, g.out_h,
+                         masks, acc_buf.data(), a.dst + (n * g.out_channels + o) * taps, false);
     }
   }
 }
@@ -753,17 +767,9 @@ CONVOPS_INLINE void weight_grad_band_k(const DwCall<T>& a) {
       fill_padded_rows(a.src + c * g.in_area(), a.buf, g, a.plane, rows.r0, rows.r1);
     }
     for (int64_t o = c * m; o < (c + 1) * m; ++o) {
-      Vec<T> acc_fixed[kTaps > 0 ? kTaps : 1];
-      Vec<T>* acc = kTaps > 0 ? acc_fixed : acc_buf.data();
-      for (int64_t t = 0; t < taps; ++t) acc[t] = Vec<T>{};
       const T* grad = a.src2 + o * a.tile.stride + (a.begin - a.tile.t0) * g.out_w;
-      if (a.plane.dense) {
-        weight_grad_dense<T, kTaps>(a.buf, a, grad, acc, *masks);
-      } else {
-        weight_grad_rows<T, kTaps>(a.buf, rows.r0, a, grad, acc, a.begin, a.end);
-      }
-      T* dst = a.dst + o * taps;
-      for (int64_t t = 0; t < taps; ++t) dst[t] += lane_sum<T>(acc[t]);
+      tap_sums<T, kTaps>(a.buf, rows.r0, a, grad, a.begin, a.end, masks, acc_buf.data(),
+                         a.dst + o * taps, true);
     }
   }
 }
