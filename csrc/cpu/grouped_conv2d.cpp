@@ -87,6 +87,9 @@ struct GenericVec {  // baseline: plain arrays the compiler vectorises with SSE2
     for (int i = 0; i < N; ++i) p[i] = a.v[i];
   }
   static GROUPED_INLINE V in_register(V a) { return a; }
+  static GROUPED_INLINE void store_lanes(T* p, V a, int lo, int hi) {
+    for (int i = lo; i < hi; ++i) p[i] = a.v[i];
+  }
   // even[i] = src[2i], odd[i] = src[2i + 1] for i < N.
   static GROUPED_INLINE void deinterleave2(const T* src, T* even, T* odd) {
     for (int i = 0; i < N; ++i) even[i] = src[2 * i], odd[i] = src[2 * i + 1];
@@ -212,6 +215,44 @@ int64_t output_block(int64_t outputs) {
 
 // ----------------------------------------------------------------------------- forward
 
+// Where vector v of a run lands in an output channel plane whose rows are contiguous: lanes
+// [lo[i], hi[i]) of piece i go to plane + offset[i] + lane. A flat run's vector can straddle
+// two output rows (and the pitch - out_w columns between them are dropped); a row-mode vector
+// has one piece. The micro-kernels store their accumulators through it with masked stores, so
+// the result goes from registers to the output once instead of through the band buffer.
+struct VectorStore {
+  int64_t offset[2];
+  int32_t lo[2], hi[2];
+};
+
+// The store map of a run of `vectors` vectors: a flat band of `rows` rows, or one output row.
+std::vector<VectorStore> vector_stores(const BandLayout& b, int64_t vectors, int64_t rows,
+                                       int64_t out_w, int64_t row_stride) {
+  std::vector<VectorStore> map(vectors);
+  for (int64_t v = 0; v < vectors; ++v) {
+    VectorStore& m = map[v];
+    m.offset[0] = m.offset[1] = 0;
+    m.lo[0] = m.hi[0] = m.lo[1] = m.hi[1] = 0;
+    int pieces = 0;
+    for (int64_t lane = 0; lane < b.lanes && pieces < 2;) {
+      const int64_t q = v * b.lanes + lane;
+      const int64_t r = b.flat ? q / b.pitch : 0, col = b.flat ? q % b.pitch : q;
+      if (r >= rows) break;
+      if (col >= out_w) {  // the dropped columns up to the next row
+        lane += b.flat ? b.pitch - col : b.lanes;
+        continue;
+      }
+      const int64_t n = std::min(b.lanes - lane, out_w - col);
+      m.offset[pieces] = r * row_stride + col - lane;
+      m.lo[pieces] = int32_t(lane);
+      m.hi[pieces] = int32_t(lane + n);
+      ++pieces;
+      lane += n;
+    }
+  }
+  return map;
+}
+
 // Everything one forward pass shares between its threads.
 template <typename T>
 struct ForwardPlan {
@@ -224,6 +265,10 @@ struct ForwardPlan {
   int64_t ob;       // output block
   const int64_t* offs;
   int64_t x_pack_elems;  // per thread scratch: X pack, then the band buffer (ob planes)
+  // Direct stores (output rows contiguous, a vector straddles at most two rows): the maps of a
+  // full band and of the last band; null: through the band buffer.
+  const VectorStore* stores_full = nullptr;
+  const VectorStore* stores_last = nullptr;
 };
 
 // ----------------------------------------------------------------------------- weight grad
@@ -272,6 +317,7 @@ void flush_group_sums(const WeightGradPlan<T>& w, int64_t group, int64_t lanes, 
 template <typename T>
 struct KernelSet {
   int64_t lanes;
+  bool masked_stores;  // Isa::store_lanes is a masked store (the direct output stores)
   void (*forward)(const ForwardPlan<T>&, int64_t, int64_t, T*);
   void (*weight_grad)(const WeightGradPlan<T>&, int64_t, int64_t, T*, T*);
 };
@@ -303,6 +349,13 @@ struct FloatVec {
   VEC_FN V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
   VEC_FN V add(V a, V b) { return _mm256_add_ps(a, b); }
   VEC_FN void store(float* p, V a) { _mm256_storeu_ps(p, a); }
+  // Lanes [lo, hi) of a to p[lo..hi) (masked: the other lanes' addresses are never touched).
+  VEC_FN void store_lanes(float* p, V a, int lo, int hi) {
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i mask = _mm256_andnot_si256(_mm256_cmpgt_epi32(_mm256_set1_epi32(lo), lane),
+                                             _mm256_cmpgt_epi32(_mm256_set1_epi32(hi), lane));
+    _mm256_maskstore_ps(p, mask, a);
+  }
   // even[i] = src[2i], odd[i] = src[2i + 1] for i < L.
   VEC_FN void deinterleave2(const float* src, float* even, float* odd) {
     const V a = load(src), b = load(src + 8);  // shuffles work per 128-bit lane, then reorder
@@ -330,6 +383,12 @@ struct DoubleVec {
   VEC_FN V fma(V a, V b, V c) { return _mm256_fmadd_pd(a, b, c); }
   VEC_FN V add(V a, V b) { return _mm256_add_pd(a, b); }
   VEC_FN void store(double* p, V a) { _mm256_storeu_pd(p, a); }
+  VEC_FN void store_lanes(double* p, V a, int lo, int hi) {
+    const __m256i lane = _mm256_setr_epi64x(0, 1, 2, 3);
+    const __m256i mask = _mm256_andnot_si256(_mm256_cmpgt_epi64(_mm256_set1_epi64x(lo), lane),
+                                             _mm256_cmpgt_epi64(_mm256_set1_epi64x(hi), lane));
+    _mm256_maskstore_pd(p, mask, a);
+  }
   VEC_FN void deinterleave2(const double* src, double* even, double* odd) {
     const V a = load(src), b = load(src + 4);
     _mm256_storeu_pd(even, _mm256_permute4x64_pd(_mm256_unpacklo_pd(a, b), 0xD8));
@@ -359,6 +418,9 @@ struct FloatVec {
   VEC_FN V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
   VEC_FN V add(V a, V b) { return _mm512_add_ps(a, b); }
   VEC_FN void store(float* p, V a) { _mm512_storeu_ps(p, a); }
+  VEC_FN void store_lanes(float* p, V a, int lo, int hi) {
+    _mm512_mask_storeu_ps(p, __mmask16(((1u << hi) - 1) & ~((1u << lo) - 1)), a);
+  }
   VEC_FN void deinterleave2(const float* src, float* even, float* odd) {
     const __m512i even_idx = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     const __m512i odd_idx = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
@@ -384,6 +446,9 @@ struct DoubleVec {
   VEC_FN V fma(V a, V b, V c) { return _mm512_fmadd_pd(a, b, c); }
   VEC_FN V add(V a, V b) { return _mm512_add_pd(a, b); }
   VEC_FN void store(double* p, V a) { _mm512_storeu_pd(p, a); }
+  VEC_FN void store_lanes(double* p, V a, int lo, int hi) {
+    _mm512_mask_storeu_pd(p, __mmask8(((1u << hi) - 1) & ~((1u << lo) - 1)), a);
+  }
   VEC_FN void deinterleave2(const double* src, double* even, double* odd) {
     const __m512i even_idx = _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14);
     const __m512i odd_idx = _mm512_setr_epi64(1, 3, 5, 7, 9, 11, 13, 15);
@@ -425,10 +490,10 @@ template <typename T, class Vec512, class Vec2, class VecBase>
 KernelSet<T> pick_kernels() {
   static const IsaLevel isa = detect_isa();
 #ifdef CONVOPS_X86_KERNELS
-  if (isa == IsaLevel::kAvx512) return {Vec512::L, &avx512::forward, &avx512::weight_grad};
-  if (isa == IsaLevel::kAvx2) return {Vec2::L, &avx2::forward, &avx2::weight_grad};
+  if (isa == IsaLevel::kAvx512) return {Vec512::L, true, &avx512::forward, &avx512::weight_grad};
+  if (isa == IsaLevel::kAvx2) return {Vec2::L, true, &avx2::forward, &avx2::weight_grad};
 #endif
-  return {VecBase::L, &baseline::forward, &baseline::weight_grad};
+  return {VecBase::L, false, &baseline::forward, &baseline::weight_grad};
 }
 
 template <typename T>
@@ -502,9 +567,18 @@ void run_correlation(const Correlation<T>& p, const WeightAt& weight_at, const T
   std::vector<T> wpack, bpack;
   pack_weights(p, ob, weight_at, bias, wpack, bpack);
   const std::vector<int64_t> offs = tap_offsets(p, band);
-  const ForwardPlan<T> f{p, band, wpack.data(), bpack.data(), out.data_ptr<T>(),
-                         {out.stride(0), out.stride(1), out.stride(2), out.stride(3)}, ob,
-                         offs.data(), x_pack_elems(p, band)};
+  ForwardPlan<T> f{p, band, wpack.data(), bpack.data(), out.data_ptr<T>(),
+                   {out.stride(0), out.stride(1), out.stride(2), out.stride(3)}, ob,
+                   offs.data(), x_pack_elems(p, band)};
+  std::vector<VectorStore> stores_full, stores_last;
+  if (ks.masked_stores && out.stride(3) == 1 && out.stride(1) != 1 &&
+      (!band.flat || band.pitch >= band.lanes)) {
+    const int64_t last_rows = p.out_h - (band.bands - 1) * band.rows;
+    stores_full = vector_stores(band, band.run_vectors(band.rows), band.rows, p.out_w, out.stride(2));
+    stores_last = vector_stores(band, band.run_vectors(last_rows), last_rows, p.out_w, out.stride(2));
+    f.stores_full = stores_full.data();
+    f.stores_last = stores_last.data();
+  }
   const int64_t per_thread = round_up(f.x_pack_elems + ob * band.plane, band.lanes);
   const ScratchBuffer scratch(at::get_num_threads() * per_thread, out.options());
   const int64_t items = p.batch * p.groups * band.bands;
