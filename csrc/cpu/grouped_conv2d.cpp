@@ -94,6 +94,10 @@ struct GenericVec {  // baseline: plain arrays the compiler vectorises with SSE2
   static GROUPED_INLINE void deinterleave2(const T* src, T* even, T* odd) {
     for (int i = 0; i < N; ++i) even[i] = src[2 * i], odd[i] = src[2 * i + 1];
   }
+  // The inverse: dst[2i] = even[i], dst[2i + 1] = odd[i] for i < N.
+  static GROUPED_INLINE void interleave2(const T* even, const T* odd, T* dst) {
+    for (int i = 0; i < N; ++i) dst[2 * i] = even[i], dst[2 * i + 1] = odd[i];
+  }
 };
 
 // ----------------------------------------------------------------------------- the problem
@@ -310,6 +314,20 @@ void flush_group_sums(const WeightGradPlan<T>& w, int64_t group, int64_t lanes, 
   std::memset(sums, 0, sizeof(T) * padded_outputs(w) * per_o * lanes);
 }
 
+// ----------------------------------------------------------------------------- column phases
+
+// Rows of two column phases (even, odd: `rows` rows of even_w and odd_w elements, contiguous)
+// interleaved into output rows (dst row i at dst + i * dst_row, elements contiguous).
+template <typename T>
+struct ColumnPhases {
+  const T* even;
+  const T* odd;
+  int64_t even_w, odd_w;
+  T* dst;
+  int64_t dst_row;
+  int64_t rows_per_plane, dst_plane;  // rows of one (image, channel) plane; its stride in dst
+};
+
 // ----------------------------------------------------------------------------- ISA selection
 
 // ----------------------------------------------------------------------------- ISA variants
@@ -320,6 +338,7 @@ struct KernelSet {
   bool masked_stores;  // Isa::store_lanes is a masked store (the direct output stores)
   void (*forward)(const ForwardPlan<T>&, int64_t, int64_t, T*);
   void (*weight_grad)(const WeightGradPlan<T>&, int64_t, int64_t, T*, T*);
+  void (*interleave_columns)(const ColumnPhases<T>&, int64_t, int64_t);
 };
 
 #define VEC_FN static inline __attribute__((always_inline))
@@ -364,6 +383,13 @@ struct FloatVec {
     _mm256_storeu_ps(odd, _mm256_castpd_ps(_mm256_permute4x64_pd(
                               _mm256_castps_pd(_mm256_shuffle_ps(a, b, 0xDD)), 0xD8)));
   }
+  // dst[2i] = even[i], dst[2i + 1] = odd[i] for i < L.
+  VEC_FN void interleave2(const float* even, const float* odd, float* dst) {
+    const V e = load(even), o = load(odd);
+    const V lo = _mm256_unpacklo_ps(e, o), hi = _mm256_unpackhi_ps(e, o);  // per 128-bit lane
+    _mm256_storeu_ps(dst, _mm256_permute2f128_ps(lo, hi, 0x20));
+    _mm256_storeu_ps(dst + 8, _mm256_permute2f128_ps(lo, hi, 0x31));
+  }
   // A loaded value kept in a register: GCC would otherwise fold the load into every FMA that
   // uses it, reloading it once per use (the micro-kernels reuse each load several times).
   VEC_FN V in_register(V a) {
@@ -393,6 +419,12 @@ struct DoubleVec {
     const V a = load(src), b = load(src + 4);
     _mm256_storeu_pd(even, _mm256_permute4x64_pd(_mm256_unpacklo_pd(a, b), 0xD8));
     _mm256_storeu_pd(odd, _mm256_permute4x64_pd(_mm256_unpackhi_pd(a, b), 0xD8));
+  }
+  VEC_FN void interleave2(const double* even, const double* odd, double* dst) {
+    const V e = load(even), o = load(odd);
+    const V lo = _mm256_unpacklo_pd(e, o), hi = _mm256_unpackhi_pd(e, o);
+    _mm256_storeu_pd(dst, _mm256_permute2f128_pd(lo, hi, 0x20));
+    _mm256_storeu_pd(dst + 4, _mm256_permute2f128_pd(lo, hi, 0x31));
   }
   // As avx2::FloatVec::in_register.
   VEC_FN V in_register(V a) {
@@ -428,6 +460,13 @@ struct FloatVec {
     _mm512_storeu_ps(even, _mm512_permutex2var_ps(a, even_idx, b));
     _mm512_storeu_ps(odd, _mm512_permutex2var_ps(a, odd_idx, b));
   }
+  VEC_FN void interleave2(const float* even, const float* odd, float* dst) {
+    const __m512i lo_idx = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const __m512i hi_idx = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    const V e = load(even), o = load(odd);
+    _mm512_storeu_ps(dst, _mm512_permutex2var_ps(e, lo_idx, o));
+    _mm512_storeu_ps(dst + 16, _mm512_permutex2var_ps(e, hi_idx, o));
+  }
   // As avx2::FloatVec::in_register.
   VEC_FN V in_register(V a) {
     asm("" : "+v"(a));
@@ -455,6 +494,13 @@ struct DoubleVec {
     const V a = load(src), b = load(src + 8);
     _mm512_storeu_pd(even, _mm512_permutex2var_pd(a, even_idx, b));
     _mm512_storeu_pd(odd, _mm512_permutex2var_pd(a, odd_idx, b));
+  }
+  VEC_FN void interleave2(const double* even, const double* odd, double* dst) {
+    const __m512i lo_idx = _mm512_setr_epi64(0, 8, 1, 9, 2, 10, 3, 11);
+    const __m512i hi_idx = _mm512_setr_epi64(4, 12, 5, 13, 6, 14, 7, 15);
+    const V e = load(even), o = load(odd);
+    _mm512_storeu_pd(dst, _mm512_permutex2var_pd(e, lo_idx, o));
+    _mm512_storeu_pd(dst + 8, _mm512_permutex2var_pd(e, hi_idx, o));
   }
   // As avx2::FloatVec::in_register.
   VEC_FN V in_register(V a) {
@@ -490,10 +536,14 @@ template <typename T, class Vec512, class Vec2, class VecBase>
 KernelSet<T> pick_kernels() {
   static const IsaLevel isa = detect_isa();
 #ifdef CONVOPS_X86_KERNELS
-  if (isa == IsaLevel::kAvx512) return {Vec512::L, true, &avx512::forward, &avx512::weight_grad};
-  if (isa == IsaLevel::kAvx2) return {Vec2::L, true, &avx2::forward, &avx2::weight_grad};
+  if (isa == IsaLevel::kAvx512) {
+    return {Vec512::L, true, &avx512::forward, &avx512::weight_grad, &avx512::interleave_columns};
+  }
+  if (isa == IsaLevel::kAvx2) {
+    return {Vec2::L, true, &avx2::forward, &avx2::weight_grad, &avx2::interleave_columns};
+  }
 #endif
-  return {VecBase::L, false, &baseline::forward, &baseline::weight_grad};
+  return {VecBase::L, false, &baseline::forward, &baseline::weight_grad, &baseline::interleave_columns};
 }
 
 template <typename T>
@@ -761,35 +811,63 @@ at::Tensor grouped_input_grad(const at::Tensor& grad_output, const at::Tensor& w
                         data_or_null<scalar_t>(b), images);
         return;
       }
-      for (int64_t rh = 0; rh < std::min(g.stride_h, g.in_h); ++rh) {
-        for (int64_t rw = 0; rw < std::min(g.stride_w, g.in_w); ++rw) {
-          auto phase = images.slice(2, rh, g.in_h, g.stride_h).slice(3, rw, g.in_w, g.stride_w);
-          const auto th = phase_taps(rh, g.stride_h, g.pad_h, g.dilation_h, kh);
-          const auto tw = phase_taps(rw, g.stride_w, g.pad_w, g.dilation_w, kw);
-          if (th.taps.empty() || tw.taps.empty()) {
-            // No kernel tap reaches these rows or columns: the bias alone.
-            if (b.defined()) {
-              phase.copy_(b.view({1, g.in_channels, 1, 1}).expand_as(phase));
-            } else {
-              phase.zero_();
-            }
-            continue;
+      // The input positions of row phase rh and column phase rw (any strides) from their taps,
+      // for the images of `ys` (grad_output or a slice of its images).
+      auto run_phase = [&](int64_t rh, int64_t rw, at::Tensor phase, const at::Tensor& ys) {
+        const auto th = phase_taps(rh, g.stride_h, g.pad_h, g.dilation_h, kh);
+        const auto tw = phase_taps(rw, g.stride_w, g.pad_w, g.dilation_w, kw);
+        if (th.taps.empty() || tw.taps.empty()) {
+          // No kernel tap reaches these rows or columns: the bias alone.
+          if (b.defined()) {
+            phase.copy_(b.view({1, g.in_channels, 1, 1}).expand_as(phase));
+          } else {
+            phase.zero_();
           }
-          Correlation<scalar_t> p = input_grad_correlation<scalar_t>(g, y);
-          p.out_h = phase.size(2);
-          p.out_w = phase.size(3);
-          p.kernel_h = int64_t(th.taps.size());
-          p.kernel_w = int64_t(tw.taps.size());
-          p.dilation_h = th.dilation;
-          p.dilation_w = tw.dilation;
-          p.pad_h = -th.first_offset;
-          p.pad_w = -tw.first_offset;
-          run_correlation(p,
-                          [&](int64_t grp, int64_t o, int64_t c, int64_t ti, int64_t tj) {
-                            return wd[(((grp * opg + c) * cpg + o) * kh + th.taps[ti]) * kw +
-                                      tw.taps[tj]];
-                          },
-                          data_or_null<scalar_t>(b), phase);
+          return;
+        }
+        Correlation<scalar_t> p = input_grad_correlation<scalar_t>(g, ys);
+        p.batch = ys.size(0);
+        p.out_h = phase.size(2);
+        p.out_w = phase.size(3);
+        p.kernel_h = int64_t(th.taps.size());
+        p.kernel_w = int64_t(tw.taps.size());
+        p.dilation_h = th.dilation;
+        p.dilation_w = tw.dilation;
+        p.pad_h = -th.first_offset;
+        p.pad_w = -tw.first_offset;
+        run_correlation(p,
+                        [&](int64_t grp, int64_t o, int64_t c, int64_t ti, int64_t tj) {
+                          return wd[(((grp * opg + c) * cpg + o) * kh + th.taps[ti]) * kw +
+                                    tw.taps[tj]];
+                        },
+                        data_or_null<scalar_t>(b), phase);
+      };
+      const bool pair_columns = g.stride_w == 2 && g.in_w >= 2 && images.is_contiguous();
+      for (int64_t rh = 0; rh < std::min(g.stride_h, g.in_h); ++rh) {
+        auto rows = images.slice(2, rh, g.in_h, g.stride_h);
+        if (pair_columns) {
+          // Both column phases into contiguous rows, then interleaved into the image a vector
+          // pair at a time (stored straight into the strided view, each phase's element stores
+          // were 44% of the input gradient). One image at a time, so that the phases are still
+          // in cache when they are interleaved.
+          const int64_t even_w = (g.in_w + 1) / 2, odd_w = g.in_w / 2, h = rows.size(2);
+          auto even = at::empty({1, g.in_channels, h, even_w}, images.options());
+          auto odd = at::empty({1, g.in_channels, h, odd_w}, images.options());
+          const auto& ks = kernels<scalar_t>();
+          for (int64_t n = 0; n < g.batch; ++n) {
+            const auto ys = y.narrow(0, n, 1);
+            run_phase(rh, 0, even, ys);
+            run_phase(rh, 1, odd, ys);
+            const ColumnPhases<scalar_t> cp{even.data_ptr<scalar_t>(), odd.data_ptr<scalar_t>(),
+                                            even_w, odd_w, rows[n].data_ptr<scalar_t>(),
+                                            rows.stride(2), h, rows.stride(1)};
+            at::parallel_for(0, g.in_channels * h, std::max<int64_t>(1, 4096 / g.in_w),
+                             [&](int64_t begin, int64_t end) { ks.interleave_columns(cp, begin, end); });
+          }
+          continue;
+        }
+        for (int64_t rw = 0; rw < std::min(g.stride_w, g.in_w); ++rw) {
+          run_phase(rh, rw, rows.slice(3, rw, g.in_w, g.stride_w), y);
         }
       }
     });
