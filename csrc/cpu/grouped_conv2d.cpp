@@ -851,8 +851,10 @@ at::Tensor grouped_input_grad(const at::Tensor& grad_output, const at::Tensor& w
           // were 44% of the input gradient). One image at a time, so that the phases are still
           // in cache when they are interleaved.
           const int64_t even_w = (g.in_w + 1) / 2, odd_w = g.in_w / 2, h = rows.size(2);
-          auto even = at::empty({1, g.in_channels, h, even_w}, images.options());
-          auto odd = at::empty({1, g.in_channels, h, odd_w}, images.options());
+          const ScratchBuffer even_buf(g.in_channels * h * even_w, images.options());
+          const ScratchBuffer odd_buf(g.in_channels * h * odd_w, images.options());
+          const auto even = even_buf.tensor().view({1, g.in_channels, h, even_w});
+          const auto odd = odd_buf.tensor().view({1, g.in_channels, h, odd_w});
           const auto& ks = kernels<scalar_t>();
           for (int64_t n = 0; n < g.batch; ++n) {
             const auto ys = y.narrow(0, n, 1);
