@@ -106,6 +106,10 @@ CL_CASES = {
     # Wide and tall: blocks of 8 pixels, and the weight gradient's bands of rows (tasks).
     "c20_wide_bands": ((2, 20, 61, 70), 1, (3, 3), dict(padding=1)),
     "c33_stride2_dil2_bands": ((1, 33, 80, 90), 1, (3, 3), dict(stride=2, padding=1, dilation=2)),
+    # Many channels: the forward's tasks take blocks of four vectors of channels, the last
+    # block ending in a partial vector (float64: a block of the tail alone).
+    "c100_channel_blocks": ((2, 100, 9, 30), 1, (3, 3), dict(padding=1)),
+    "c70_channel_blocks_k5_s2": ((1, 70, 11, 40), 1, (5, 5), dict(stride=2, padding=2)),
 }
 
 
