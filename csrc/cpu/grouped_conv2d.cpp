@@ -316,8 +316,9 @@ void flush_group_sums(const WeightGradPlan<T>& w, int64_t group, int64_t lanes, 
 
 // ----------------------------------------------------------------------------- column phases
 
-// Rows of two column phases (even, odd: `rows` rows of even_w and odd_w elements, contiguous)
-// interleaved into output rows (dst row i at dst + i * dst_row, elements contiguous).
+// Two column phases of the same rows (even, odd: rows of even_w and odd_w contiguous elements,
+// one after the other) interleaved into output rows (row i of a plane at dst_row * i, the
+// planes dst_plane apart, elements contiguous).
 template <typename T>
 struct ColumnPhases {
   const T* even;
@@ -847,9 +848,9 @@ at::Tensor grouped_input_grad(const at::Tensor& grad_output, const at::Tensor& w
         auto rows = images.slice(2, rh, g.in_h, g.stride_h);
         if (pair_columns) {
           // Both column phases into contiguous rows, then interleaved into the image a vector
-          // pair at a time (stored straight into the strided view, each phase's element stores
-          // were 44% of the input gradient). One image at a time, so that the phases are still
-          // in cache when they are interleaved.
+          // pair at a time (each phase stored element by element into the strided view took
+          // 44% of the input gradient). One image at a time, so that the phases are still in
+          // cache when they are interleaved.
           const int64_t even_w = (g.in_w + 1) / 2, odd_w = g.in_w / 2, h = rows.size(2);
           const ScratchBuffer even_buf(g.in_channels * h * even_w, images.options());
           const ScratchBuffer odd_buf(g.in_channels * h * odd_w, images.options());
