@@ -31,6 +31,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <numeric>
+#include <optional>
 #include <type_traits>
 #include <vector>
 
@@ -608,34 +609,60 @@ void pack_weights(const Correlation<T>& p, int64_t ob, const WeightAt& weight_at
   }
 }
 
+// A correlation with its weights packed, its tap offsets and band layout: run over all of
+// p.src's images at once, or image by image (the stride-2 input gradient) without packing again.
+template <typename T>
+class PackedCorrelation {
+ public:
+  template <class WeightAt>
+  PackedCorrelation(const Correlation<T>& p, const WeightAt& weight_at, const T* bias)
+      : p_(p), ob_(output_block(p.outputs)), band_(band_layout(p, kernels<T>().lanes, ob_)) {
+    pack_weights(p, ob_, weight_at, bias, wpack_, bpack_);
+    offs_ = tap_offsets(p, band_);
+  }
+
+  // out (N, groups*outputs, out_h, out_w), any strides, = the correlation over the `batch`
+  // images of src (p's geometry), all groups in one pass.
+  void run(const Source<T>& src, int64_t batch, at::Tensor& out) const {
+    const auto& ks = kernels<T>();
+    Correlation<T> p = p_;
+    p.src = src;
+    p.batch = batch;
+    ForwardPlan<T> f{p, band_, wpack_.data(), bpack_.data(), out.data_ptr<T>(),
+                     {out.stride(0), out.stride(1), out.stride(2), out.stride(3)}, ob_,
+                     offs_.data(), x_pack_elems(p, band_)};
+    std::vector<VectorStore> stores_full, stores_last;
+    if (ks.masked_stores && out.stride(3) == 1 && out.stride(1) != 1 &&
+        (!band_.flat || band_.pitch >= band_.lanes)) {
+      const int64_t last_rows = p.out_h - (band_.bands - 1) * band_.rows;
+      stores_full = vector_stores(band_, band_.run_vectors(band_.rows), band_.rows, p.out_w,
+                                  out.stride(2));
+      stores_last = vector_stores(band_, band_.run_vectors(last_rows), last_rows, p.out_w,
+                                  out.stride(2));
+      f.stores_full = stores_full.data();
+      f.stores_last = stores_last.data();
+    }
+    const int64_t per_thread = round_up(f.x_pack_elems + ob_ * band_.plane, band_.lanes);
+    const ScratchBuffer scratch(at::get_num_threads() * per_thread, out.options());
+    const int64_t items = p.batch * p.groups * band_.bands;
+    at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
+      ks.forward(f, begin, end, scratch.tensor().data_ptr<T>() + at::get_thread_num() * per_thread);
+    });
+  }
+
+ private:
+  Correlation<T> p_;
+  int64_t ob_;
+  BandLayout band_;
+  std::vector<T> wpack_, bpack_;
+  std::vector<int64_t> offs_;
+};
+
 // out (N, groups*outputs, out_h, out_w), any strides, = the correlation, all groups in one pass.
 template <typename T, class WeightAt>
 void run_correlation(const Correlation<T>& p, const WeightAt& weight_at, const T* bias,
                      at::Tensor& out) {
-  const auto& ks = kernels<T>();
-  const int64_t ob = output_block(p.outputs);
-  const BandLayout band = band_layout(p, ks.lanes, ob);
-  std::vector<T> wpack, bpack;
-  pack_weights(p, ob, weight_at, bias, wpack, bpack);
-  const std::vector<int64_t> offs = tap_offsets(p, band);
-  ForwardPlan<T> f{p, band, wpack.data(), bpack.data(), out.data_ptr<T>(),
-                   {out.stride(0), out.stride(1), out.stride(2), out.stride(3)}, ob,
-                   offs.data(), x_pack_elems(p, band)};
-  std::vector<VectorStore> stores_full, stores_last;
-  if (ks.masked_stores && out.stride(3) == 1 && out.stride(1) != 1 &&
-      (!band.flat || band.pitch >= band.lanes)) {
-    const int64_t last_rows = p.out_h - (band.bands - 1) * band.rows;
-    stores_full = vector_stores(band, band.run_vectors(band.rows), band.rows, p.out_w, out.stride(2));
-    stores_last = vector_stores(band, band.run_vectors(last_rows), last_rows, p.out_w, out.stride(2));
-    f.stores_full = stores_full.data();
-    f.stores_last = stores_last.data();
-  }
-  const int64_t per_thread = round_up(f.x_pack_elems + ob * band.plane, band.lanes);
-  const ScratchBuffer scratch(at::get_num_threads() * per_thread, out.options());
-  const int64_t items = p.batch * p.groups * band.bands;
-  at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
-    ks.forward(f, begin, end, scratch.tensor().data_ptr<T>() + at::get_thread_num() * per_thread);
-  });
+  PackedCorrelation<T>(p, weight_at, bias).run(p.src, p.batch, out);
 }
 
 // Few channels per group, more than one group, not depthwise (csrc/cpu/depthwise.cpp).
@@ -812,55 +839,62 @@ at::Tensor grouped_input_grad(const at::Tensor& grad_output, const at::Tensor& w
                         data_or_null<scalar_t>(b), images);
         return;
       }
-      // The input positions of row phase rh and column phase rw (any strides) from their taps,
-      // for the images of `ys` (grad_output or a slice of its images).
-      auto run_phase = [&](int64_t rh, int64_t rw, at::Tensor phase, const at::Tensor& ys) {
+      // The correlation of row phase rh and column phase rw over grad_output: its input
+      // positions from the kernel taps that reach them; none when no tap does.
+      auto phase_correlation = [&](int64_t rh, int64_t rw, int64_t phase_h, int64_t phase_w)
+          -> std::optional<PackedCorrelation<scalar_t>> {
         const auto th = phase_taps(rh, g.stride_h, g.pad_h, g.dilation_h, kh);
         const auto tw = phase_taps(rw, g.stride_w, g.pad_w, g.dilation_w, kw);
-        if (th.taps.empty() || tw.taps.empty()) {
-          // No kernel tap reaches these rows or columns: the bias alone.
-          if (b.defined()) {
-            phase.copy_(b.view({1, g.in_channels, 1, 1}).expand_as(phase));
-          } else {
-            phase.zero_();
-          }
-          return;
-        }
-        Correlation<scalar_t> p = input_grad_correlation<scalar_t>(g, ys);
-        p.batch = ys.size(0);
-        p.out_h = phase.size(2);
-        p.out_w = phase.size(3);
+        if (th.taps.empty() || tw.taps.empty()) return std::nullopt;
+        Correlation<scalar_t> p = input_grad_correlation<scalar_t>(g, y);
+        p.out_h = phase_h;
+        p.out_w = phase_w;
         p.kernel_h = int64_t(th.taps.size());
         p.kernel_w = int64_t(tw.taps.size());
         p.dilation_h = th.dilation;
         p.dilation_w = tw.dilation;
         p.pad_h = -th.first_offset;
         p.pad_w = -tw.first_offset;
-        run_correlation(p,
-                        [&](int64_t grp, int64_t o, int64_t c, int64_t ti, int64_t tj) {
-                          return wd[(((grp * opg + c) * cpg + o) * kh + th.taps[ti]) * kw +
-                                    tw.taps[tj]];
-                        },
-                        data_or_null<scalar_t>(b), phase);
+        return PackedCorrelation<scalar_t>(
+            p,
+            [&](int64_t grp, int64_t o, int64_t c, int64_t ti, int64_t tj) {
+              return wd[(((grp * opg + c) * cpg + o) * kh + th.taps[ti]) * kw + tw.taps[tj]];
+            },
+            data_or_null<scalar_t>(b));
+      };
+      // A phase (any strides) of the images of `ys` (grad_output or some of its images); with
+      // no correlation (no tap reaches it), the bias alone.
+      auto run_phase = [&](const std::optional<PackedCorrelation<scalar_t>>& corr,
+                           at::Tensor phase, const at::Tensor& ys) {
+        if (corr) {
+          corr->run(source_of<scalar_t>(ys), ys.size(0), phase);
+        } else if (b.defined()) {
+          phase.copy_(b.view({1, g.in_channels, 1, 1}).expand_as(phase));
+        } else {
+          phase.zero_();
+        }
       };
       const bool pair_columns = g.stride_w == 2 && g.in_w >= 2 && images.is_contiguous();
       for (int64_t rh = 0; rh < std::min(g.stride_h, g.in_h); ++rh) {
         auto rows = images.slice(2, rh, g.in_h, g.stride_h);
+        const int64_t h = rows.size(2);
         if (pair_columns) {
           // Both column phases into contiguous rows, then interleaved into the image a vector
           // pair at a time (each phase stored element by element into the strided view took
           // 44% of the input gradient). One image at a time, so that the phases are still in
-          // cache when they are interleaved.
-          const int64_t even_w = (g.in_w + 1) / 2, odd_w = g.in_w / 2, h = rows.size(2);
+          // cache when they are interleaved; the weights are packed once for all images.
+          const int64_t even_w = (g.in_w + 1) / 2, odd_w = g.in_w / 2;
+          const auto even_corr = phase_correlation(rh, 0, h, even_w);
+          const auto odd_corr = phase_correlation(rh, 1, h, odd_w);
           const ScratchBuffer even_buf(g.in_channels * h * even_w, images.options());
           const ScratchBuffer odd_buf(g.in_channels * h * odd_w, images.options());
-          const auto even = even_buf.tensor().view({1, g.in_channels, h, even_w});
-          const auto odd = odd_buf.tensor().view({1, g.in_channels, h, odd_w});
+          auto even = even_buf.tensor().view({1, g.in_channels, h, even_w});
+          auto odd = odd_buf.tensor().view({1, g.in_channels, h, odd_w});
           const auto& ks = kernels<scalar_t>();
           for (int64_t n = 0; n < g.batch; ++n) {
             const auto ys = y.narrow(0, n, 1);
-            run_phase(rh, 0, even, ys);
-            run_phase(rh, 1, odd, ys);
+            run_phase(even_corr, even, ys);
+            run_phase(odd_corr, odd, ys);
             const ColumnPhases<scalar_t> cp{even.data_ptr<scalar_t>(), odd.data_ptr<scalar_t>(),
                                             even_w, odd_w, rows[n].data_ptr<scalar_t>(),
                                             rows.stride(2), h, rows.stride(1)};
@@ -870,7 +904,8 @@ at::Tensor grouped_input_grad(const at::Tensor& grad_output, const at::Tensor& w
           continue;
         }
         for (int64_t rw = 0; rw < std::min(g.stride_w, g.in_w); ++rw) {
-          run_phase(rh, rw, rows.slice(3, rw, g.in_w, g.stride_w), y);
+          auto phase = rows.slice(3, rw, g.in_w, g.stride_w);
+          run_phase(phase_correlation(rh, rw, h, phase.size(3)), phase, y);
         }
       }
     });
