@@ -6,6 +6,7 @@ That the grouped kernel (and not the im2col+GEMM path) computed a result is chec
 torch.ops.convops._grouped_kernel_calls, a counter the kernel bumps each time it claims a
 call (forward, input gradient, weight gradient)."""
 import math
+import os
 import re
 
 import pytest
@@ -132,6 +133,74 @@ def test_grouped_layouts(x_layout, w_layout, dtype):
     assert _calls() == 3
 
 
+# F(2x2, 3x3) Winograd (float32 3x3 stride-1 correlations on AVX2 / AVX-512: the forward and
+# the stride-1 input gradient), forced on with CONVOPS_GROUPED_WINOGRAD=1 (groups, in per
+# group, out per group, input (N, H, W), kwargs): odd sizes (partial tiles in both directions),
+# two blocks of tiles per row, output channels padded to 12 and 16 (two chunks of accumulators
+# on AVX2), the input gradient with padding 0 and -1, bands of tile rows, a 1x1 image.
+WINOGRAD = {
+    "g32_c8_odd": (32, 8, 8, (2, 9, 11), dict(padding=1)),
+    "g2_c16_two_blocks": (2, 16, 16, (1, 5, 40), dict(padding=1)),
+    "g4_c5to6_pad0": (4, 5, 6, (2, 13, 7), {}),
+    "g2_c8to12_pad2": (2, 8, 12, (1, 10, 17), dict(padding=2)),
+    "g3_c3to16_pad3": (3, 3, 16, (1, 6, 9), dict(padding=3)),
+    "g2_c8_tall_bands": (2, 8, 8, (1, 150, 14), dict(padding=1)),
+    "g2_c4_one_pixel": (2, 4, 4, (1, 1, 1), dict(padding=1)),
+}
+
+
+def _winograd_isa():
+    """The vector ISA the grouped kernel runs with ('avx512f', 'avx2'), None for the baseline
+    variant (no Winograd): the CPU's, capped by CONVOPS_GROUPED_ISA."""
+    isa = re.search(r"cpu_selected_isa=(\w+)", ops._build_info()).group(1)
+    cap = os.environ.get("CONVOPS_GROUPED_ISA")
+    if cap == "default" or isa not in ("avx512f", "avx2"):
+        return None
+    return "avx2" if cap == "avx2" else isa
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "strided"])
+@pytest.mark.parametrize("case", list(WINOGRAD))
+def test_grouped_winograd(case, layout, monkeypatch):
+    groups, cin, cout, (n, h, w), kwargs = WINOGRAD[case]
+    x_shape, w_shape = (n, groups * cin, h, w), (groups * cout, cin, 3, 3)
+    kwargs = dict(groups=groups, **kwargs)
+    bias = list(WINOGRAD).index(case) % 2 == 0
+    monkeypatch.setenv("CONVOPS_GROUPED_WINOGRAD", "1")
+    _calls(reset=True)
+    out = _parity(x_shape, w_shape, kwargs, torch.float32, bias=bias, x_layout=layout)
+    assert _calls() == 3
+    if case != "g2_c4_one_pixel" and _winograd_isa():
+        # the direct kernel rounds differently: the forward did go through Winograd
+        monkeypatch.setenv("CONVOPS_GROUPED_WINOGRAD", "0")
+        direct = _parity(x_shape, w_shape, kwargs, torch.float32, bias=bias, x_layout=layout)
+        assert not torch.equal(out, direct)
+
+
+@pytest.mark.parametrize("channels,size,picked", [(256, 28, True), (128, 56, False), (512, 14, False)])
+def test_grouped_winograd_default_choice(channels, size, picked, monkeypatch):
+    """Where Winograd is used by default: 8+ channels per group and tile rows that fill most of
+    the vector lanes (256 -> 256 g32 @28); not with 4 channels per group (128 @56) nor with 7
+    tiles of 16 lanes (512 @14 on AVX-512; 7 of 8 lanes on AVX2 is used)."""
+    torch.manual_seed(0)
+    x = torch.randn(1, channels, size, size)
+    w = torch.randn(channels, channels // 32, 3, 3)
+    monkeypatch.delenv("CONVOPS_GROUPED_WINOGRAD", raising=False)
+    default = ops.conv2d(x, w, None, [1, 1], [1, 1], [1, 1], 32)
+    monkeypatch.setenv("CONVOPS_GROUPED_WINOGRAD", "0")
+    direct = ops.conv2d(x, w, None, [1, 1], [1, 1], [1, 1], 32)
+    monkeypatch.setenv("CONVOPS_GROUPED_WINOGRAD", "1")
+    forced = ops.conv2d(x, w, None, [1, 1], [1, 1], [1, 1], 32)
+    isa = _winograd_isa()
+    if isa is None:
+        pytest.skip("Winograd needs the AVX2 or AVX-512 variant")
+    if isa == "avx2" and size == 14:
+        picked = True
+    assert not torch.equal(forced, direct)
+    assert torch.equal(default, forced if picked else direct)
+    torch.testing.assert_close(forced, direct, rtol=1e-4, atol=1e-4)
+
+
 def test_grouped_unbatched():
     torch.manual_seed(0)
     x = torch.randn(8, 9, 7, dtype=torch.float64, requires_grad=True)
@@ -255,8 +324,11 @@ import torch, torch.nn.functional as F
 import convops.functional as cF
 torch.manual_seed(0)
 ops = torch.ops.convops
+import os
+os.environ["CONVOPS_GROUPED_WINOGRAD"] = "1"  # float32 3x3 stride 1: Winograd where the ISA has it
 for dtype in (torch.float64, torch.float32):
-    for (groups, cin, cout, kw) in [(4, 4, 4, dict(padding=1)), (2, 3, 5, dict(stride=2, dilation=2, padding=2))]:
+    for (groups, cin, cout, kw) in [(4, 4, 4, dict(padding=1)), (2, 3, 5, dict(stride=2, dilation=2, padding=2)),
+                                    (2, 8, 12, dict(padding=1)), (2, 4, 16, dict(padding=0))]:
         x = torch.randn(2, groups * cin, 9, 11, dtype=dtype, requires_grad=True)
         w = torch.randn(groups * cout, cin, 3, 3, dtype=dtype, requires_grad=True)
         ops._grouped_kernel_calls(True)

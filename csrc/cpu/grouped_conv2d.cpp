@@ -330,6 +330,30 @@ struct ColumnPhases {
   int64_t rows_per_plane, dst_plane;  // rows of one (image, channel) plane; its stride in dst
 };
 
+// ----------------------------------------------------------------------------- Winograd
+
+// F(2x2, 3x3) Winograd (Lavin & Gray 2016) for the 3x3 stride-1 undilated float correlations
+// (the forward and the stride-1 input gradient): a 2x2 output tile of one output channel is
+// A^T [sum_c U[c] . V[c]] A, with V = B^T d B the tile's 4x4 input patch transformed and
+// U = G g G^T the filter transformed once per call, so each tile costs 16 multiply-adds per
+// (output, input) channel pair instead of 36. The vectors run across L neighbouring tiles of a
+// tile row; a tile's input columns 2t..2t+3 are then the even and odd columns of the padded
+// row at t and t + 1, so the pack splits each input row into its even and odd columns.
+struct WinogradPlan {
+  Correlation<float> p;
+  const float* u;       // [group][16][channels][kpad]
+  const float* bias;    // [groups * outputs] or null
+  int64_t kpad;         // outputs rounded up to a multiple of 4 (u and the M buffer)
+  float* out;           // (N, groups*outputs, out_h, out_w), rows contiguous
+  int64_t out_stride[3];  // n, channel, row
+  int64_t tiles_w, tiles_h, blocks_w;  // tiles per row and per column, L-tile blocks per row
+  int64_t band_tiles, bands;           // tile rows per item, items per (image, group)
+  int64_t half_len;     // even (then odd) columns of one packed row: >= tiles_w + 1
+  int64_t chan_stride;  // packed rows of one channel: (2 * band_tiles + 2) rows of 2*half_len
+  int64_t pack_elems, v_elems, m_elems;  // per thread scratch: pack, V (16 x channels x L),
+                                          // M (16 x kpad x L)
+};
+
 // ----------------------------------------------------------------------------- ISA selection
 
 // ----------------------------------------------------------------------------- ISA variants
@@ -341,6 +365,8 @@ struct KernelSet {
   void (*forward)(const ForwardPlan<T>&, int64_t, int64_t, T*);
   void (*weight_grad)(const WeightGradPlan<T>&, int64_t, int64_t, T*, T*);
   void (*interleave_columns)(const ColumnPhases<T>&, int64_t, int64_t);
+  // float only, AVX2 and AVX-512; null: none
+  void (*winograd)(const WinogradPlan&, int64_t, int64_t, float*) = nullptr;
 };
 
 #define VEC_FN static inline __attribute__((always_inline))
@@ -369,13 +395,31 @@ struct FloatVec {
   VEC_FN V bcast(float x) { return _mm256_set1_ps(x); }
   VEC_FN V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
   VEC_FN V add(V a, V b) { return _mm256_add_ps(a, b); }
+  VEC_FN V sub(V a, V b) { return _mm256_sub_ps(a, b); }
   VEC_FN void store(float* p, V a) { _mm256_storeu_ps(p, a); }
+  VEC_FN __m256i lane_mask(int lo, int hi) {
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    return _mm256_andnot_si256(_mm256_cmpgt_epi32(_mm256_set1_epi32(lo), lane),
+                               _mm256_cmpgt_epi32(_mm256_set1_epi32(hi), lane));
+  }
   // Lanes [lo, hi) of a to p[lo..hi) (masked: the other lanes' addresses are never touched).
   VEC_FN void store_lanes(float* p, V a, int lo, int hi) {
-    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    const __m256i mask = _mm256_andnot_si256(_mm256_cmpgt_epi32(_mm256_set1_epi32(lo), lane),
-                                             _mm256_cmpgt_epi32(_mm256_set1_epi32(hi), lane));
-    _mm256_maskstore_ps(p, mask, a);
+    _mm256_maskstore_ps(p, lane_mask(lo, hi), a);
+  }
+  // p[lo..hi) into lanes [lo, hi), zeros elsewhere (the other addresses are never touched).
+  VEC_FN V load_lanes(const float* p, int lo, int hi) {
+    return _mm256_maskload_ps(p, lane_mask(lo, hi));
+  }
+  // even = (a0, a2, .., b0, b2, ..), odd = (a1, a3, .., b1, b3, ..).
+  VEC_FN void unzip(V a, V b, V& even, V& odd) {
+    even = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(a, b, 0x88)), 0xD8));
+    odd = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(a, b, 0xDD)), 0xD8));
+  }
+  // The inverse: lo = (e0, o0, e1, o1, ..), hi = the rest.
+  VEC_FN void zip(V e, V o, V& lo, V& hi) {
+    const V l = _mm256_unpacklo_ps(e, o), h = _mm256_unpackhi_ps(e, o);  // per 128-bit lane
+    lo = _mm256_permute2f128_ps(l, h, 0x20);
+    hi = _mm256_permute2f128_ps(l, h, 0x31);
   }
   // even[i] = src[2i], odd[i] = src[2i + 1] for i < L.
   VEC_FN void deinterleave2(const float* src, float* even, float* odd) {
@@ -435,6 +479,7 @@ struct DoubleVec {
   }
 };
 #include "grouped_conv2d_kernels.inc"
+#include "grouped_winograd.inc"
 }  // namespace avx2
 #pragma GCC pop_options
 
@@ -451,9 +496,28 @@ struct FloatVec {
   VEC_FN V bcast(float x) { return _mm512_set1_ps(x); }
   VEC_FN V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
   VEC_FN V add(V a, V b) { return _mm512_add_ps(a, b); }
+  VEC_FN V sub(V a, V b) { return _mm512_sub_ps(a, b); }
   VEC_FN void store(float* p, V a) { _mm512_storeu_ps(p, a); }
+  VEC_FN __mmask16 lane_mask(int lo, int hi) {
+    return __mmask16(((1u << hi) - 1) & ~((1u << lo) - 1));
+  }
   VEC_FN void store_lanes(float* p, V a, int lo, int hi) {
-    _mm512_mask_storeu_ps(p, __mmask16(((1u << hi) - 1) & ~((1u << lo) - 1)), a);
+    _mm512_mask_storeu_ps(p, lane_mask(lo, hi), a);
+  }
+  VEC_FN V load_lanes(const float* p, int lo, int hi) {
+    return _mm512_maskz_loadu_ps(lane_mask(lo, hi), p);
+  }
+  VEC_FN void unzip(V a, V b, V& even, V& odd) {
+    const __m512i even_idx = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i odd_idx = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    even = _mm512_permutex2var_ps(a, even_idx, b);
+    odd = _mm512_permutex2var_ps(a, odd_idx, b);
+  }
+  VEC_FN void zip(V e, V o, V& lo, V& hi) {
+    const __m512i lo_idx = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const __m512i hi_idx = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    lo = _mm512_permutex2var_ps(e, lo_idx, o);
+    hi = _mm512_permutex2var_ps(e, hi_idx, o);
   }
   VEC_FN void deinterleave2(const float* src, float* even, float* odd) {
     const __m512i even_idx = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
@@ -512,6 +576,7 @@ struct DoubleVec {
 };
 
 #include "grouped_conv2d_kernels.inc"
+#include "grouped_winograd.inc"
 }  // namespace avx512
 #pragma GCC pop_options
 #endif
@@ -538,11 +603,14 @@ template <typename T, class Vec512, class Vec2, class VecBase>
 KernelSet<T> pick_kernels() {
   static const IsaLevel isa = detect_isa();
 #ifdef CONVOPS_X86_KERNELS
+  constexpr bool is_float = std::is_same_v<T, float>;
   if (isa == IsaLevel::kAvx512) {
-    return {Vec512::L, true, &avx512::forward, &avx512::weight_grad, &avx512::interleave_columns};
+    return {Vec512::L, true, &avx512::forward, &avx512::weight_grad, &avx512::interleave_columns,
+            is_float ? &avx512::winograd : nullptr};
   }
   if (isa == IsaLevel::kAvx2) {
-    return {Vec2::L, true, &avx2::forward, &avx2::weight_grad, &avx2::interleave_columns};
+    return {Vec2::L, true, &avx2::forward, &avx2::weight_grad, &avx2::interleave_columns,
+            is_float ? &avx2::winograd : nullptr};
   }
 #endif
   return {VecBase::L, false, &baseline::forward, &baseline::weight_grad, &baseline::interleave_columns};
@@ -616,9 +684,11 @@ class PackedCorrelation {
  public:
   template <class WeightAt>
   PackedCorrelation(const Correlation<T>& p, const WeightAt& weight_at, const T* bias)
-      : p_(p), ob_(output_block(p.outputs)), band_(band_layout(p, kernels<T>().lanes, ob_)) {
+      : p_(p), ob_(output_block(p.outputs)), band_(band_layout(p, kernels<T>().lanes, ob_)),
+        bias_(bias) {
     pack_weights(p, ob_, weight_at, bias, wpack_, bpack_);
     offs_ = tap_offsets(p, band_);
+    if (winograd_applies(p)) winograd_weights(p, weight_at);
   }
 
   // out (N, groups*outputs, out_h, out_w), any strides, = the correlation over the `batch`
@@ -628,6 +698,12 @@ class PackedCorrelation {
     Correlation<T> p = p_;
     p.src = src;
     p.batch = batch;
+    if (!u_.empty() && out.stride(3) == 1 && out.stride(1) != 1) {
+      if constexpr (std::is_same_v<T, float>) {
+        run_winograd(p, out);
+        return;
+      }
+    }
     ForwardPlan<T> f{p, band_, wpack_.data(), bpack_.data(), out.data_ptr<T>(),
                      {out.stride(0), out.stride(1), out.stride(2), out.stride(3)}, ob_,
                      offs_.data(), x_pack_elems(p, band_)};
@@ -651,11 +727,95 @@ class PackedCorrelation {
   }
 
  private:
+  // F(2x2, 3x3) Winograd: float 3x3 stride-1 undilated correlations on AVX2 / AVX-512, with
+  // at least 8 channels per group on both sides (with 4 the transforms cost what the products
+  // save: 128->128 g32 @56 0.91-1.02x of the direct kernel; 256->256 g32 @28 0.83x), and tile
+  // rows that fill at least 3/4 of the vector lanes (7 tiles of 16 lanes: 1.2x slower).
+  // CONVOPS_GROUPED_WINOGRAD=0 turns it off, =1 forces it wherever it can run (read at every
+  // call, so that tests and benchmarks can compare both in one process).
+  static bool winograd_applies(const Correlation<T>& p) {
+    if (!std::is_same_v<T, float> || !kernels<T>().winograd || p.kernel_h != 3 ||
+        p.kernel_w != 3 || p.stride_h != 1 || p.stride_w != 1 || p.dilation_h != 1 ||
+        p.dilation_w != 1)
+      return false;
+    const char* env = std::getenv("CONVOPS_GROUPED_WINOGRAD");
+    if (env && std::strcmp(env, "0") == 0) return false;
+    if (env && std::strcmp(env, "1") == 0) return true;
+    const int64_t lanes = kernels<T>().lanes, tiles_w = (p.out_w + 1) / 2;
+    const int64_t lanes_used = (tiles_w + lanes - 1) / lanes * lanes;
+    return p.channels >= 8 && p.outputs >= 8 && 4 * tiles_w >= 3 * lanes_used;
+  }
+
+  // U = G g G^T per (group, output, channel), as [group][16][channels][kpad] (zero padded).
+  template <class WeightAt>
+  void winograd_weights(const Correlation<T>& p, const WeightAt& weight_at) {
+    kpad_ = round_up(p.outputs, 4);
+    u_.assign(p.groups * 16 * p.channels * kpad_, T(0));
+    for (int64_t grp = 0; grp < p.groups; ++grp) {
+      for (int64_t k = 0; k < p.outputs; ++k) {
+        for (int64_t c = 0; c < p.channels; ++c) {
+          double gg[4][3];  // G g
+          for (int j = 0; j < 3; ++j) {
+            const double g0 = weight_at(grp, k, c, 0, j), g1 = weight_at(grp, k, c, 1, j),
+                         g2 = weight_at(grp, k, c, 2, j);
+            gg[0][j] = g0;
+            gg[1][j] = 0.5 * (g0 + g1 + g2);
+            gg[2][j] = 0.5 * (g0 - g1 + g2);
+            gg[3][j] = g2;
+          }
+          for (int a = 0; a < 4; ++a) {
+            const double row[4] = {gg[a][0], 0.5 * (gg[a][0] + gg[a][1] + gg[a][2]),
+                                   0.5 * (gg[a][0] - gg[a][1] + gg[a][2]), gg[a][2]};
+            for (int b = 0; b < 4; ++b)
+              u_[((grp * 16 + a * 4 + b) * p.channels + c) * kpad_ + k] = T(row[b]);
+          }
+        }
+      }
+    }
+  }
+
+  void run_winograd(const Correlation<float>& p, at::Tensor& out) const {
+    const auto& ks = kernels<float>();
+    const int64_t L = ks.lanes;
+    WinogradPlan w{};
+    w.p = p;
+    w.u = u_.data();
+    w.bias = bias_;
+    w.kpad = kpad_;
+    w.out = out.data_ptr<float>();
+    w.out_stride[0] = out.stride(0);
+    w.out_stride[1] = out.stride(1);
+    w.out_stride[2] = out.stride(2);
+    w.tiles_w = (p.out_w + 1) / 2;
+    w.tiles_h = (p.out_h + 1) / 2;
+    w.blocks_w = (w.tiles_w + L - 1) / L;
+    w.half_len = round_up(w.tiles_w + 1, L);
+    // Bands of tile rows whose packed input stays within band_bytes() (L2-resident).
+    const int64_t per_tile_row = p.channels * 2 * 2 * w.half_len * int64_t(sizeof(float));
+    const int64_t fit = std::clamp<int64_t>(band_bytes() / per_tile_row - 1, 1, w.tiles_h);
+    w.bands = (w.tiles_h + fit - 1) / fit;
+    w.band_tiles = (w.tiles_h + w.bands - 1) / w.bands;
+    w.bands = (w.tiles_h + w.band_tiles - 1) / w.band_tiles;
+    w.chan_stride = (2 * w.band_tiles + 2) * 2 * w.half_len;
+    // The odd columns of a tile at t + 1 read up to one vector past the last packed row.
+    w.pack_elems = round_up(p.channels * w.chan_stride + L, L);
+    w.v_elems = 16 * p.channels * L;
+    w.m_elems = 16 * kpad_ * L;
+    const int64_t per_thread = w.pack_elems + w.v_elems + w.m_elems;
+    const ScratchBuffer scratch(at::get_num_threads() * per_thread, out.options());
+    at::parallel_for(0, p.batch * p.groups * w.bands, 1, [&](int64_t begin, int64_t end) {
+      ks.winograd(w, begin, end, scratch.tensor().data_ptr<float>() + at::get_thread_num() * per_thread);
+    });
+  }
+
   Correlation<T> p_;
   int64_t ob_;
   BandLayout band_;
+  const T* bias_;
   std::vector<T> wpack_, bpack_;
   std::vector<int64_t> offs_;
+  int64_t kpad_ = 0;
+  std::vector<T> u_;  // Winograd-transformed weights; empty: the direct kernel
 };
 
 // out (N, groups*outputs, out_h, out_w), any strides, = the correlation, all groups in one pass.
