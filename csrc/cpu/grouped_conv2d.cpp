@@ -269,7 +269,8 @@ struct ForwardPlan {
   int64_t out_stride[4];  // channels_last: the output is written in its final format)
   int64_t ob;       // output block
   const int64_t* offs;
-  int64_t x_pack_elems;  // per thread scratch: X pack, then the band buffer (ob planes)
+  int64_t x_pack_elems;  // per thread scratch: X pack, then the band buffer (ob planes) when
+                         // the results do not go straight to the output
   // Direct stores (output rows contiguous, a vector straddles at most two rows): the maps of a
   // full band and of the last band; null: through the band buffer.
   const VectorStore* stores_full = nullptr;
@@ -718,7 +719,9 @@ class PackedCorrelation {
       f.stores_full = stores_full.data();
       f.stores_last = stores_last.data();
     }
-    const int64_t per_thread = round_up(f.x_pack_elems + ob_ * band_.plane, band_.lanes);
+    // The band buffer only without direct stores.
+    const int64_t buffer = f.stores_full ? 0 : ob_ * band_.plane;
+    const int64_t per_thread = round_up(f.x_pack_elems + buffer, band_.lanes);
     const ScratchBuffer scratch(at::get_num_threads() * per_thread, out.options());
     const int64_t items = p.batch * p.groups * band_.bands;
     at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
