@@ -179,9 +179,9 @@ def test_grouped_winograd(case, layout, monkeypatch):
 
 @pytest.mark.parametrize("channels,size,picked", [(256, 28, True), (128, 56, False), (512, 14, False)])
 def test_grouped_winograd_default_choice(channels, size, picked, monkeypatch):
-    """Where Winograd is used by default: 8+ channels per group and tile rows that fill most of
-    the vector lanes (256 -> 256 g32 @28); not with 4 channels per group (128 @56) nor with 7
-    tiles of 16 lanes (512 @14 on AVX-512; 7 of 8 lanes on AVX2 is used)."""
+    """Where Winograd is used by default: tile rows that fill most of the vector lanes and, with
+    AVX-512, 8+ channels per group (256 -> 256 g32 @28); on AVX-512 not with 4 channels per
+    group (128 @56) nor with 7 tiles of 16 lanes (512 @14); on AVX2 (8 lanes) all three."""
     torch.manual_seed(0)
     x = torch.randn(1, channels, size, size)
     w = torch.randn(channels, channels // 32, 3, 3)
@@ -194,7 +194,7 @@ def test_grouped_winograd_default_choice(channels, size, picked, monkeypatch):
     isa = _winograd_isa()
     if isa is None:
         pytest.skip("Winograd needs the AVX2 or AVX-512 variant")
-    if isa == "avx2" and size == 14:
+    if isa == "avx2":
         picked = True
     assert not torch.equal(forced, direct)
     assert torch.equal(default, forced if picked else direct)

@@ -731,9 +731,12 @@ class PackedCorrelation {
 
  private:
   // F(2x2, 3x3) Winograd: float 3x3 stride-1 undilated correlations on AVX2 / AVX-512, with
-  // at least 8 channels per group on both sides (with 4 the transforms cost what the products
-  // save: 128->128 g32 @56 0.91-1.02x of the direct kernel; 256->256 g32 @28 0.83x), and tile
-  // rows that fill at least 3/4 of the vector lanes (7 tiles of 16 lanes: 1.2x slower).
+  // tile rows that fill at least 3/4 of the vector lanes (7 tiles of 16 lanes: 1.2x slower),
+  // and with AVX-512 at least 8 channels per group on both sides: there with 4 the transforms
+  // cost what the products save (128->128 g32 @56: 0.91-1.02x of the direct kernel, 256->256
+  // g32 @28: 0.79-0.83x). The AVX2 direct kernel has half the registers; Winograd is faster
+  // there with 4 channels too (forward time over the direct kernel's, AVX2 variant on Zen 4:
+  // 0.78 at 256 @28, 0.88 at 128 @56, 0.70 at 512 @14).
   // CONVOPS_GROUPED_WINOGRAD=0 turns it off, =1 forces it wherever it can run (read at every
   // call, so that tests and benchmarks can compare both in one process).
   static bool winograd_applies(const Correlation<T>& p) {
@@ -746,7 +749,9 @@ class PackedCorrelation {
     if (env && std::strcmp(env, "1") == 0) return true;
     const int64_t lanes = kernels<T>().lanes, tiles_w = (p.out_w + 1) / 2;
     const int64_t lanes_used = (tiles_w + lanes - 1) / lanes * lanes;
-    return p.channels >= 8 && p.outputs >= 8 && 4 * tiles_w >= 3 * lanes_used;
+    const int64_t min_channels = lanes >= 16 ? 8 : 4;
+    return p.channels >= min_channels && p.outputs >= min_channels &&
+           4 * tiles_w >= 3 * lanes_used;
   }
 
   // U = G g G^T per (group, output, channel), as [group][16][channels][kpad] (zero padded).
