@@ -685,11 +685,15 @@ class PackedCorrelation {
  public:
   template <class WeightAt>
   PackedCorrelation(const Correlation<T>& p, const WeightAt& weight_at, const T* bias)
-      : p_(p), ob_(output_block(p.outputs)), band_(band_layout(p, kernels<T>().lanes, ob_)),
-        bias_(bias) {
+      : p_(p), ob_(output_block(p.outputs)), band_(band_layout(p, kernels<T>().lanes, ob_)) {
+    // The direct kernel's weights even where Winograd applies: a channels_last output, known
+    // only in run(), goes to the direct kernel.
     pack_weights(p, ob_, weight_at, bias, wpack_, bpack_);
     offs_ = tap_offsets(p, band_);
-    if (winograd_applies(p)) winograd_weights(p, weight_at);
+    if (winograd_applies(p)) {
+      winograd_weights(p, weight_at);
+      if (bias) winograd_bias_.assign(bias, bias + p.groups * p.outputs);
+    }
   }
 
   // out (N, groups*outputs, out_h, out_w), any strides, = the correlation over the `batch`
@@ -788,7 +792,7 @@ class PackedCorrelation {
     WinogradPlan w{};
     w.p = p;
     w.u = u_.data();
-    w.bias = bias_;
+    w.bias = winograd_bias_.empty() ? nullptr : winograd_bias_.data();
     w.kpad = kpad_;
     w.out = out.data_ptr<float>();
     w.out_stride[0] = out.stride(0);
@@ -819,11 +823,11 @@ class PackedCorrelation {
   Correlation<T> p_;
   int64_t ob_;
   BandLayout band_;
-  const T* bias_;
   std::vector<T> wpack_, bpack_;
   std::vector<int64_t> offs_;
   int64_t kpad_ = 0;
   std::vector<T> u_;  // Winograd-transformed weights; empty: the direct kernel
+  std::vector<T> winograd_bias_;  // [groups * outputs]; empty: no bias
 };
 
 // out (N, groups*outputs, out_h, out_w), any strides, = the correlation, all groups in one pass.
