@@ -177,11 +177,17 @@ def test_grouped_winograd(case, layout, monkeypatch):
         assert not torch.equal(out, direct)
 
 
-@pytest.mark.parametrize("channels,size,picked", [(256, 28, True), (128, 56, False), (512, 14, False)])
-def test_grouped_winograd_default_choice(channels, size, picked, monkeypatch):
+@pytest.mark.parametrize("channels,size,on_avx512,on_avx2", [(256, 28, True, True),
+                                                               (128, 56, False, True),
+                                                               (512, 14, False, True)])
+def test_grouped_winograd_default_choice(channels, size, on_avx512, on_avx2, monkeypatch):
     """Where Winograd is used by default: tile rows that fill most of the vector lanes and, with
     AVX-512, 8+ channels per group (256 -> 256 g32 @28); on AVX-512 not with 4 channels per
     group (128 @56) nor with 7 tiles of 16 lanes (512 @14); on AVX2 (8 lanes) all three."""
+    isa = _winograd_isa()
+    if isa is None:
+        pytest.skip("Winograd needs the AVX2 or AVX-512 variant")
+    picked = on_avx512 if isa == "avx512f" else on_avx2
     torch.manual_seed(0)
     x = torch.randn(1, channels, size, size)
     w = torch.randn(channels, channels // 32, 3, 3)
@@ -191,11 +197,6 @@ def test_grouped_winograd_default_choice(channels, size, picked, monkeypatch):
     direct = ops.conv2d(x, w, None, [1, 1], [1, 1], [1, 1], 32)
     monkeypatch.setenv("CONVOPS_GROUPED_WINOGRAD", "1")
     forced = ops.conv2d(x, w, None, [1, 1], [1, 1], [1, 1], 32)
-    isa = _winograd_isa()
-    if isa is None:
-        pytest.skip("Winograd needs the AVX2 or AVX-512 variant")
-    if isa == "avx2":
-        picked = True
     assert not torch.equal(forced, direct)
     assert torch.equal(default, forced if picked else direct)
     torch.testing.assert_close(forced, direct, rtol=1e-4, atol=1e-4)
@@ -320,11 +321,11 @@ def test_grouped_errors_match_torch(x_shape, w_shape, groups):
 
 
 _OTHER_ISA_SCRIPT = r"""
+import os
 import torch, torch.nn.functional as F
 import convops.functional as cF
 torch.manual_seed(0)
 ops = torch.ops.convops
-import os
 os.environ["CONVOPS_GROUPED_WINOGRAD"] = "1"  # float32 3x3 stride 1: Winograd where the ISA has it
 for dtype in (torch.float64, torch.float32):
     for (groups, cin, cout, kw) in [(4, 4, 4, dict(padding=1)), (2, 3, 5, dict(stride=2, dilation=2, padding=2)),
