@@ -424,18 +424,17 @@ struct FloatVec {
   }
   // even[i] = src[2i], odd[i] = src[2i + 1] for i < L.
   VEC_FN void deinterleave2(const float* src, float* even, float* odd) {
-    const V a = load(src), b = load(src + 8);  // shuffles work per 128-bit lane, then reorder
-    _mm256_storeu_ps(even, _mm256_castpd_ps(_mm256_permute4x64_pd(
-                               _mm256_castps_pd(_mm256_shuffle_ps(a, b, 0x88)), 0xD8)));
-    _mm256_storeu_ps(odd, _mm256_castpd_ps(_mm256_permute4x64_pd(
-                              _mm256_castps_pd(_mm256_shuffle_ps(a, b, 0xDD)), 0xD8)));
+    V e, o;
+    unzip(load(src), load(src + L), e, o);
+    store(even, e);
+    store(odd, o);
   }
   // dst[2i] = even[i], dst[2i + 1] = odd[i] for i < L.
   VEC_FN void interleave2(const float* even, const float* odd, float* dst) {
-    const V e = load(even), o = load(odd);
-    const V lo = _mm256_unpacklo_ps(e, o), hi = _mm256_unpackhi_ps(e, o);  // per 128-bit lane
-    _mm256_storeu_ps(dst, _mm256_permute2f128_ps(lo, hi, 0x20));
-    _mm256_storeu_ps(dst + 8, _mm256_permute2f128_ps(lo, hi, 0x31));
+    V lo, hi;
+    zip(load(even), load(odd), lo, hi);
+    store(dst, lo);
+    store(dst + L, hi);
   }
   // A loaded value kept in a register: GCC would otherwise fold the load into every FMA that
   // uses it, reloading it once per use (the micro-kernels reuse each load several times).
@@ -521,18 +520,16 @@ struct FloatVec {
     hi = _mm512_permutex2var_ps(e, hi_idx, o);
   }
   VEC_FN void deinterleave2(const float* src, float* even, float* odd) {
-    const __m512i even_idx = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    const __m512i odd_idx = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-    const V a = load(src), b = load(src + 16);
-    _mm512_storeu_ps(even, _mm512_permutex2var_ps(a, even_idx, b));
-    _mm512_storeu_ps(odd, _mm512_permutex2var_ps(a, odd_idx, b));
+    V e, o;
+    unzip(load(src), load(src + L), e, o);
+    store(even, e);
+    store(odd, o);
   }
   VEC_FN void interleave2(const float* even, const float* odd, float* dst) {
-    const __m512i lo_idx = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
-    const __m512i hi_idx = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
-    const V e = load(even), o = load(odd);
-    _mm512_storeu_ps(dst, _mm512_permutex2var_ps(e, lo_idx, o));
-    _mm512_storeu_ps(dst + 16, _mm512_permutex2var_ps(e, hi_idx, o));
+    V lo, hi;
+    zip(load(even), load(odd), lo, hi);
+    store(dst, lo);
+    store(dst + L, hi);
   }
   // As avx2::FloatVec::in_register.
   VEC_FN V in_register(V a) {
