@@ -911,8 +911,9 @@ CONVOPS_INLINE void forward_nhwc_k(const DwCall<T>& a) {
       const T* base = row0 + (ow * g.stride_w - g.pad_w) * C;
       T* d = dst_row + ow * C;
       // The next block's pixels on the last kernel row, the one no earlier row task read
-      // (the others are still in cache): 15-25% faster on 32ch@112 and 144ch@56 (batch 8),
-      // where the hardware prefetcher alone left these loads waiting on memory.
+      // (the others are still in cache): 8-25% faster on 32ch@112 and 144ch@56 (batch 8; A/Bs
+      // across and within processes), where the hardware prefetcher alone left these loads
+      // waiting on memory. Prefetches past the tensor's end are harmless (they never fault).
       const T* next = base + (ki_last - 1) * ki_step + kPixels * pixel_step;
       for (int64_t e = 0; e < kPixels * pixel_step; e += 64 / int64_t(sizeof(T))) {
         __builtin_prefetch(next + e);
