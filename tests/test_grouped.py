@@ -56,7 +56,7 @@ GRID = {
     # Results stored from registers straight into the output rows (masked stores): a padded row
     # of exactly one float32 vector (14 + 2), vectors straddling two rows, a partial output
     # block (3 of 4 channels), several bands; and a stride-(2, 1) input gradient phase.
-    "g2_c5to3_pitch_one_vector": (2, 5, 3, (2, 150, 14), (3, 3), dict(padding=1)),
+    "g2_c5to3_pitch_one_vector": (2, 5, 3, (2, 300, 14), (3, 3), dict(padding=1)),
     "g3_c2to5_s2x1_rows": (3, 2, 5, (2, 9, 23), (3, 3), dict(stride=(2, 1), padding=1)),
 }
 
