@@ -762,6 +762,14 @@ class PackedCorrelation {
            4 * tiles_w >= 3 * lanes_used;
   }
 
+  // G x for three taps x (one column or row of g).
+  static void winograd_g(double x0, double x1, double x2, double out[4]) {
+    out[0] = x0;
+    out[1] = 0.5 * (x0 + x1 + x2);
+    out[2] = 0.5 * (x0 - x1 + x2);
+    out[3] = x2;
+  }
+
   // U = G g G^T per (group, output, channel), as [group][16][channels][kpad] (zero padded).
   template <class WeightAt>
   void winograd_weights(const Correlation<T>& p, const WeightAt& weight_at) {
@@ -770,18 +778,16 @@ class PackedCorrelation {
     for (int64_t grp = 0; grp < p.groups; ++grp) {
       for (int64_t k = 0; k < p.outputs; ++k) {
         for (int64_t c = 0; c < p.channels; ++c) {
-          double gg[4][3];  // G g
+          double gg[4][3];  // G g, a column at a time
           for (int j = 0; j < 3; ++j) {
-            const double g0 = weight_at(grp, k, c, 0, j), g1 = weight_at(grp, k, c, 1, j),
-                         g2 = weight_at(grp, k, c, 2, j);
-            gg[0][j] = g0;
-            gg[1][j] = 0.5 * (g0 + g1 + g2);
-            gg[2][j] = 0.5 * (g0 - g1 + g2);
-            gg[3][j] = g2;
+            double col[4];
+            winograd_g(weight_at(grp, k, c, 0, j), weight_at(grp, k, c, 1, j),
+                       weight_at(grp, k, c, 2, j), col);
+            for (int a = 0; a < 4; ++a) gg[a][j] = col[a];
           }
-          for (int a = 0; a < 4; ++a) {
-            const double row[4] = {gg[a][0], 0.5 * (gg[a][0] + gg[a][1] + gg[a][2]),
-                                   0.5 * (gg[a][0] - gg[a][1] + gg[a][2]), gg[a][2]};
+          for (int a = 0; a < 4; ++a) {  // (G g) G^T, a row at a time
+            double row[4];
+            winograd_g(gg[a][0], gg[a][1], gg[a][2], row);
             for (int b = 0; b < 4; ++b)
               u_[((grp * 16 + a * 4 + b) * p.channels + c) * kpad_ + k] = T(row[b]);
           }
