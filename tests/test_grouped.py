@@ -267,21 +267,31 @@ def test_grouped_torch_compile_fullgraph():
     assert_close(gw, rw, scale=3)
 
 
-def test_grouped_deterministic():
-    """Two runs give bitwise equal outputs and gradients (the weight gradient's per-thread
-    partial sums are added in a fixed order)."""
+@pytest.mark.parametrize("winograd", ["0", "1"])
+def test_grouped_deterministic(monkeypatch, winograd):
+    """Bitwise equal outputs and gradients on reruns and whatever the thread count: the
+    threads take the work items in whatever order their speeds give (parallel_chunks), and
+    the weight gradient's partial sums are per fixed slice of the items, added in slice
+    order."""
+    monkeypatch.setenv("CONVOPS_GROUPED_WINOGRAD", winograd)
     torch.manual_seed(0)
     x = torch.randn(8, 64, 20, 20, requires_grad=True)
-    w = torch.randn(64, 4, 3, 3, requires_grad=True)
+    w = torch.randn(64, 8, 3, 3, requires_grad=True)
     gy = torch.randn(8, 64, 20, 20)
 
-    def run():
-        out = cF.conv2d(x, w, None, padding=1, groups=16)
-        return (out,) + torch.autograd.grad(out, (x, w), gy)
+    def run(threads):
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            out = cF.conv2d(x, w, None, padding=1, groups=8)
+            return (out,) + torch.autograd.grad(out, (x, w), gy)
+        finally:
+            torch.set_num_threads(previous)
 
-    first, second = run(), run()
-    for a, b in zip(first, second):
-        assert torch.equal(a, b)
+    first = run(2)
+    for threads in (2, 2, 1):
+        for a, b in zip(first, run(threads)):
+            assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("name,x_shape,w_shape,groups,claimed", [

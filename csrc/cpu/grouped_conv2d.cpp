@@ -19,8 +19,8 @@
 //                  atomics); with stride s > 1, one such correlation per (row, column) phase
 //                  of the input, each with only the taps that reach it (PhaseTaps)
 //   weight grad    dW[o][c][ki][kj] = sum dy[o][oh][ow] * X[c][...]: the same packed X band
-//                  and a packed grad_output band; vector partial sums per thread, reduced in
-//                  a fixed order (deterministic for a given thread count).
+//                  and a packed grad_output band; vector partial sums per fixed slice of the
+//                  items, reduced in slice order (deterministic, whatever the thread count).
 //
 // The loops are compiled for AVX-512, AVX2+FMA and baseline x86-64 (intrinsics in functions
 // with target attributes; the variant is picked once by CPUID), never with -march=native.
@@ -34,6 +34,8 @@
 #include <optional>
 #include <type_traits>
 #include <vector>
+
+#include "cpu_parallel.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
@@ -297,7 +299,7 @@ struct WeightGradPlan {
   const int64_t* offs;
   int64_t x_pack_elems, dy_pack_elems;  // per thread scratch: X pack, dy pack, then the
                                         // vector sums of one group
-  T* partial;          // per share: (groups, outputs, channels, kh, kw)
+  T* partial;          // per slice: (groups it touches, outputs, channels, kh, kw)
 };
 
 template <typename T>
@@ -305,19 +307,20 @@ int64_t padded_outputs(const WeightGradPlan<T>& w) {
   return (w.p.outputs + w.ob - 1) / w.ob * w.ob;
 }
 
-// Adds the lanes of the group's vector sums (in lane order) into the share's partial result.
+// Stores the lanes' sum (in lane order) of the group's vector sums as the slice's partial
+// result for that group; `slot` is the group's place among the groups the slice touches.
 template <typename T>
-void flush_group_sums(const WeightGradPlan<T>& w, int64_t group, int64_t lanes, T* sums,
+void flush_group_sums(const WeightGradPlan<T>& w, int64_t slot, int64_t lanes, T* sums,
                       T* partial) {
   const auto& p = w.p;
   const int64_t per_o = p.reduction();
-  T* dst = partial + group * p.outputs * per_o;
+  T* dst = partial + slot * p.outputs * per_o;
   for (int64_t o = 0; o < p.outputs; ++o) {
     for (int64_t k = 0; k < per_o; ++k) {
       const T* s = sums + (o * per_o + k) * lanes;
       T total = T(0);
       for (int64_t l = 0; l < lanes; ++l) total += s[l];
-      dst[o * per_o + k] += total;
+      dst[o * per_o + k] = total;
     }
   }
   std::memset(sums, 0, sizeof(T) * padded_outputs(w) * per_o * lanes);
@@ -732,8 +735,8 @@ class PackedCorrelation {
     const int64_t per_thread = round_up(f.x_pack_elems + buffer, band_.lanes);
     const ScratchBuffer scratch(at::get_num_threads() * per_thread, out.options());
     const int64_t items = p.batch * p.groups * band_.bands;
-    at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
-      ks.forward(f, begin, end, scratch.tensor().data_ptr<T>() + at::get_thread_num() * per_thread);
+    parallel_chunks(items, balanced_chunk(items), [&](int64_t begin, int64_t end, int thread) {
+      ks.forward(f, begin, end, scratch.tensor().data_ptr<T>() + thread * per_thread);
     });
   }
 
@@ -826,8 +829,9 @@ class PackedCorrelation {
     w.m_elems = 16 * kpad_ * L;
     const int64_t per_thread = w.pack_elems + w.v_elems + w.m_elems;
     const ScratchBuffer scratch(at::get_num_threads() * per_thread, out.options());
-    at::parallel_for(0, p.batch * p.groups * w.bands, 1, [&](int64_t begin, int64_t end) {
-      ks.winograd(w, begin, end, scratch.tensor().data_ptr<float>() + at::get_thread_num() * per_thread);
+    const int64_t items = p.batch * p.groups * w.bands;
+    parallel_chunks(items, balanced_chunk(items), [&](int64_t begin, int64_t end, int thread) {
+      ks.winograd(w, begin, end, scratch.tensor().data_ptr<float>() + thread * per_thread);
     });
   }
 
@@ -929,8 +933,14 @@ const T* data_or_null(const at::Tensor& t) {
   return t.defined() ? t.data_ptr<T>() : nullptr;
 }
 
-// grad_w (groups*outputs, channels, kh, kw) = sum over images and positions of dy x X; one
-// share of the (group, image, band) items per thread, partial results added in share order.
+// Slices of the weight gradient's items: enough that the threads' shares even out (64 of 256
+// items on 256->256 g32 @28), few enough that the per-slice partial sums stay small.
+constexpr int64_t kWeightGradSlices = 64;
+
+// grad_w (groups*outputs, channels, kh, kw) = sum over images and positions of dy x X. The
+// (group, image, band) items are cut into a fixed number of slices, whatever the thread count;
+// each slice stores its partial sums per group it touches, and those are added in slice order,
+// so the result is the same bitwise however the slices were shared among the threads.
 template <typename T>
 void run_weight_grad(const Correlation<T>& p, const at::Tensor& grad_output, at::Tensor& grad_w) {
   const auto& ks = kernels<T>();
@@ -942,24 +952,32 @@ void run_weight_grad(const Correlation<T>& p, const at::Tensor& grad_output, at:
   w.x_pack_elems = x_pack_elems(p, band);
   w.dy_pack_elems = opad * band.plane;
   const int64_t per_thread = w.x_pack_elems + w.dy_pack_elems + opad * p.reduction() * ks.lanes;
-  const int64_t items = p.groups * p.batch * band.bands;
-  const int64_t shares = std::min<int64_t>(at::get_num_threads(), items);
-  const int64_t result = grad_w.numel();
+  const int64_t per_group = p.batch * band.bands, items = p.groups * per_group;
+  const int64_t group_elems = p.outputs * p.reduction();
+  const int64_t slices = std::min(items, kWeightGradSlices);
+  auto slice_begin = [&](int64_t s) { return s * items / slices; };
+  // Slice s touches groups [first_group[s], first_group[s] + groups_touched[s]); its partial
+  // sums start at partial_offset[s].
+  std::vector<int64_t> first_group(slices), groups_touched(slices), partial_offset(slices + 1, 0);
+  for (int64_t s = 0; s < slices; ++s) {
+    first_group[s] = slice_begin(s) / per_group;
+    groups_touched[s] = (slice_begin(s + 1) - 1) / per_group - first_group[s] + 1;
+    partial_offset[s + 1] = partial_offset[s] + groups_touched[s] * group_elems;
+  }
   const ScratchBuffer scratch(at::get_num_threads() * per_thread, grad_w.options());
-  const ScratchBuffer partial(shares * result, grad_w.options());
-  T* partial_data = partial.tensor().zero_().data_ptr<T>();
-  w.partial = partial_data;
-  at::parallel_for(0, shares, 1, [&](int64_t begin, int64_t end) {
-    T* mine = scratch.tensor().data_ptr<T>() + at::get_thread_num() * per_thread;
+  const ScratchBuffer partial(partial_offset[slices], grad_w.options());
+  T* partial_data = partial.tensor().data_ptr<T>();
+  parallel_chunks(slices, 1, [&](int64_t begin, int64_t end, int thread) {
+    T* mine = scratch.tensor().data_ptr<T>() + thread * per_thread;
     for (int64_t s = begin; s < end; ++s) {
-      ks.weight_grad(w, s * items / shares, (s + 1) * items / shares, mine,
-                     partial_data + s * result);
+      ks.weight_grad(w, slice_begin(s), slice_begin(s + 1), mine, partial_data + partial_offset[s]);
     }
   });
-  T* out = grad_w.data_ptr<T>();
-  for (int64_t s = 0; s < shares; ++s) {
-    const T* part = partial_data + s * result;
-    for (int64_t i = 0; i < result; ++i) out[i] += part[i];
+  T* out = grad_w.data_ptr<T>();  // zeros
+  for (int64_t s = 0; s < slices; ++s) {
+    const T* part = partial_data + partial_offset[s];
+    T* dst = out + first_group[s] * group_elems;
+    for (int64_t i = 0; i < groups_touched[s] * group_elems; ++i) dst[i] += part[i];
   }
 }
 
