@@ -299,7 +299,6 @@ struct WeightGradPlan {
   const int64_t* offs;
   int64_t x_pack_elems, dy_pack_elems;  // per thread scratch: X pack, dy pack, then the
                                         // vector sums of one group
-  T* partial;          // per slice: (groups it touches, outputs, channels, kh, kw)
 };
 
 template <typename T>
@@ -950,7 +949,7 @@ void run_weight_grad(const Correlation<T>& p, const at::Tensor& grad_output, at:
   const int64_t opad = (p.outputs + ob - 1) / ob * ob;
   const BandLayout band = band_layout(p, ks.lanes, opad);
   const std::vector<int64_t> offs = tap_offsets(p, band);
-  WeightGradPlan<T> w{p, band, source_of<T>(grad_output), ob, offs.data(), 0, 0, nullptr};
+  WeightGradPlan<T> w{p, band, source_of<T>(grad_output), ob, offs.data(), 0, 0};
   w.x_pack_elems = x_pack_elems(p, band);
   w.dy_pack_elems = opad * band.plane;
   const int64_t per_thread = w.x_pack_elems + w.dy_pack_elems + opad * p.reduction() * ks.lanes;
