@@ -1,4 +1,5 @@
 """Shared fixtures and oracles. torch.nn.functional / torchvision are the references."""
+import contextlib
 import os
 
 import pytest
@@ -56,6 +57,17 @@ def make(shape, dtype=torch.float32, device="cpu", layout="contiguous", requires
         if layout == "channels_last" and t.dim() == 4:
             t = t.contiguous(memory_format=torch.channels_last)
     return t.requires_grad_(requires_grad)
+
+
+@contextlib.contextmanager
+def num_threads(threads):
+    """torch's intra-op thread count set to `threads` inside the block, restored after."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def grads_of(out, inputs, grad_out):

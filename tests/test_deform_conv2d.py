@@ -12,7 +12,7 @@ from torchvision.ops import deform_conv2d as tv_deform_conv2d
 import convops
 import convops.functional as cF
 
-from conftest import assert_close, compare_compiled_with_eager, grads_of, make
+from conftest import assert_close, compare_compiled_with_eager, grads_of, make, num_threads
 
 ops = torch.ops.convops
 
@@ -244,14 +244,10 @@ def test_deterministic_runs_and_thread_counts(with_mask):
     off = _offsets((5, 36, 13, 11), torch.float32).requires_grad_()
     m = torch.rand(5, 18, 13, 11).requires_grad_() if with_mask else None
     inputs, kwargs = [x, off, w, b, m], dict(padding=(1, 1))
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)
+    with num_threads(2):
         first, second = _run_all(inputs, kwargs), _run_all(inputs, kwargs)
-        torch.set_num_threads(1)
+    with num_threads(1):
         single = _run_all(inputs, kwargs)
-    finally:
-        torch.set_num_threads(threads)
     for a, b2, c in zip(first, second, single):
         if a is None:
             continue

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 import convops.functional as cF
 from convops.ops import DepthwiseConv2dFunction
 
-from conftest import assert_close, compare_with_reference, make
+from conftest import assert_close, compare_with_reference, make, num_threads
 
 ops = torch.ops.convops
 
@@ -283,13 +283,9 @@ def test_depthwise_deterministic(layout):
     w = make((24, 1, 3, 3), requires_grad=True)
 
     def run(threads):
-        previous = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        try:
+        with num_threads(threads):
             out = cF.conv2d(x, w, None, 1, 1, 1, 24)
             return [out] + list(torch.autograd.grad(out, (x, w), torch.ones_like(out)))
-        finally:
-            torch.set_num_threads(previous)
 
     # Bitwise the same on a rerun and whatever the thread count: the weight gradient's partial
     # sums (per image / band of rows) are reduced in a fixed order.

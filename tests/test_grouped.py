@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 import convops.functional as cF
 
-from conftest import assert_close, compare_with_reference, make
+from conftest import assert_close, compare_with_reference, make, num_threads
 
 ops = torch.ops.convops
 
@@ -280,13 +280,9 @@ def test_grouped_deterministic(monkeypatch, winograd):
     gy = torch.randn(8, 64, 20, 20)
 
     def run(threads):
-        previous = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        try:
+        with num_threads(threads):
             out = cF.conv2d(x, w, None, padding=1, groups=8)
             return (out,) + torch.autograd.grad(out, (x, w), gy)
-        finally:
-            torch.set_num_threads(previous)
 
     first = run(2)
     for threads in (2, 2, 1):

@@ -1143,24 +1143,22 @@ void run_parallel(DwCall<T> a, int64_t tasks, int64_t grain, int64_t buf_rows,
   const int64_t plane_elems = a.plane.buffer_elems(buf_rows);
   // Flat planes put their flat result after the plane, dense ones a second plane.
   const int64_t buf_elems = a.taps ? plane_elems * (a.plane.flat || a.plane.dense ? 2 : 1) : 0;
+  auto run_tasks = [&](int64_t begin, int64_t end, T* buf) {
+    DwCall<T> call = a;
+    call.buf = buf;
+    call.begin = begin;
+    call.end = end;
+    driver(call);
+  };
   if (buf_elems == 0) {
     const int64_t chunk = std::max(grain, tasks / (8 * int64_t(at::get_num_threads())));
-    parallel_chunks(tasks, chunk, [&](int64_t begin, int64_t end, int) {
-      DwCall<T> call = a;
-      call.buf = nullptr;
-      call.begin = begin;
-      call.end = end;
-      driver(call);
-    });
+    parallel_chunks(tasks, chunk,
+                    [&](int64_t begin, int64_t end, int) { run_tasks(begin, end, nullptr); });
     return;
   }
   at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) {
     const ScratchBuffer buf(buf_elems, options);
-    DwCall<T> call = a;
-    call.buf = buf.tensor().data_ptr<T>();
-    call.begin = begin;
-    call.end = end;
-    driver(call);
+    run_tasks(begin, end, buf.tensor().data_ptr<T>());
   });
 }
 
