@@ -47,6 +47,11 @@ TORCH_LIBRARY(convops, m) {
   m.def(
       "conv2d_weight_grad(Tensor grad_output, Tensor input, SymInt[2] kernel_size, "
       "int[2] stride, int[2] padding, int[2] dilation, int groups) -> Tensor");
+  // conv2d_weight_grad and conv2d's bias gradient (grad_output summed over all but the
+  // channels) from one call, so a kernel that reads grad_output anyway can sum it on the way.
+  m.def(
+      "conv2d_weight_bias_grad(Tensor grad_output, Tensor input, SymInt[2] kernel_size, "
+      "int[2] stride, int[2] padding, int[2] dilation, int groups) -> (Tensor, Tensor)");
   // [depthwise / grouped] (csrc/cpu/depthwise.cpp)
   // F.conv2d with groups = input channels; weight (C*m, 1, kh, kw).
   m.def(

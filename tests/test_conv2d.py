@@ -143,6 +143,28 @@ def test_conv2d_weight_grad_op_matches_torch():
     assert_close(gw, gw_ref)
 
 
+@pytest.mark.parametrize("dtype,groups", [(torch.float64, 2), (torch.float32, 1), (torch.float32, 4),
+                                          (torch.float64, 12)])
+def test_conv2d_weight_bias_grad_op_matches_torch(dtype, groups):
+    """The fused weight and bias gradient equals torch's (the bias's: grad_output summed), on
+    the GEMM path (groups 1), the grouped kernel (2, 4) and the depthwise kernel (12)."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 12, 9, 8, dtype=dtype, requires_grad=True)
+    w = torch.randn(24 if groups == 12 else 12, 12 // groups, 3, 2, dtype=dtype, requires_grad=True)
+    b = torch.randn(w.shape[0], dtype=dtype, requires_grad=True)
+    stride, padding, dilation = [2, 1], [1, 0], [1, 2]
+    out = F.conv2d(x, w, b, stride, padding, dilation, groups)
+    go = torch.randn_like(out)
+    gw_ref, gb_ref = torch.autograd.grad(out, (w, b), go)
+    gw, gb = ops.conv2d_weight_bias_grad(go, x.detach(), [3, 2], stride, padding, dilation, groups)
+    assert gw.shape == w.shape and gb.shape == b.shape and gb.dtype == dtype
+    assert_close(gw, gw_ref, scale=10)
+    assert_close(gb, gb_ref, scale=10)
+    # batch 0: zeros, like torch
+    gw0, gb0 = ops.conv2d_weight_bias_grad(go[:0], x.detach()[:0], [3, 2], stride, padding, dilation, groups)
+    assert torch.equal(gw0, torch.zeros_like(w)) and torch.equal(gb0, torch.zeros_like(b))
+
+
 def test_conv2d_nan_inf_propagate_like_torch():
     torch.manual_seed(0)
     x = torch.randn(2, 3, 6, 6)
@@ -344,6 +366,24 @@ def test_opcheck_conv2d_weight_grad(idx):
     args = _opcheck_weight_grad_samples()[idx]
     result = torch.library.opcheck(ops.conv2d_weight_grad, args)
     assert all(v == "SUCCESS" for v in result.values()), result
+
+
+@pytest.mark.parametrize("idx", range(3))
+def test_opcheck_conv2d_weight_bias_grad(idx):
+    args = _opcheck_weight_grad_samples()[idx]
+    result = torch.library.opcheck(ops.conv2d_weight_bias_grad, args)
+    assert all(v == "SUCCESS" for v in result.values()), result
+
+
+def test_conv2d_weight_bias_grad_double_backward():
+    """gradgradcheck through the fused op itself (its autograd: conv2d with the bias's
+    gradient as the bias, and the transposed conv)."""
+    torch.manual_seed(0)
+    go = torch.randn(2, 4, 3, 4, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(2, 4, 5, 5, dtype=torch.float64, requires_grad=True)
+    fn = lambda go, x: ops.conv2d_weight_bias_grad(go, x, [3, 2], [2, 1], [1, 0], [1, 1], 2)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (go, x))
+    assert torch.autograd.gradgradcheck(fn, (go, x))
 
 
 # ----------------------------------------------------------------------------- (f) torch.compile
@@ -582,6 +622,10 @@ RAW_OP_ERRORS = {
                                                          [1, 1], 1), r"Kernel size can't be greater"),
     "wg_stride0": (lambda: ops.conv2d_weight_grad(torch.randn(2, 6, 3, 3), _x, [3, 3], [1, 0], [0, 0],
                                                   [1, 1], 1), r"non-positive stride"),
+    "wbg_grad_output_shape": (lambda: ops.conv2d_weight_bias_grad(torch.randn(2, 6, 4, 4), _x, [3, 3], [1, 1],
+                                                                  [0, 0], [1, 1], 1), r"expected grad_output of size"),
+    "wbg_groups": (lambda: ops.conv2d_weight_bias_grad(torch.randn(2, 6, 3, 3), _x, [3, 3], [1, 1], [0, 0],
+                                                       [1, 1], 3), r"divisible by groups=3"),
 }
 
 

@@ -202,6 +202,56 @@ def test_grouped_winograd_default_choice(channels, size, on_avx512, on_avx2, mon
     torch.testing.assert_close(forced, direct, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("case", ["g32_c8_odd", "g2_c16_two_blocks", "g4_c5to6_pad0", "g2_c8_tall_bands"])
+def test_grouped_winograd_weight_bias_grad(case, monkeypatch):
+    """The F(2x2, 3x3) weight gradient (forced) and the bias gradient it sums on the way, against
+    torch in float64 and against the direct kernel, which rounds differently."""
+    groups, cin, cout, (n, h, w), kwargs = WINOGRAD[case]
+    torch.manual_seed(0)
+    x = torch.randn(n, groups * cin, h, w, dtype=torch.float64)
+    weight = torch.randn(groups * cout, cin, 3, 3, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(groups * cout, dtype=torch.float64, requires_grad=True)
+    out = F.conv2d(x, weight, bias, groups=groups, **kwargs)
+    gy = torch.randn_like(out)
+    gw_ref, gb_ref = torch.autograd.grad(out, (weight, bias), gy)
+    pad = kwargs.get("padding", 0)
+    args = (gy.float(), x.float(), [3, 3], [1, 1], [pad, pad], [1, 1], groups)
+    monkeypatch.setenv("CONVOPS_GROUPED_WINOGRAD", "1")
+    gw, gb = ops.conv2d_weight_bias_grad(*args)
+    assert torch.equal(ops.conv2d_weight_grad(*args), gw)
+    scale = _scale(weight.shape, n * h * w / 9)
+    assert_close(gw, gw_ref.float(), scale=scale)
+    assert_close(gb, gb_ref.float(), scale=scale)
+    monkeypatch.setenv("CONVOPS_GROUPED_WINOGRAD", "0")
+    gw_direct, gb_direct = ops.conv2d_weight_bias_grad(*args)
+    assert_close(gw_direct, gw_ref.float(), scale=scale)
+    if _winograd_isa():
+        assert not torch.equal(gw, gw_direct)
+
+
+@pytest.mark.parametrize("channels,groups,size,picked", [(256, 32, 28, True), (128, 32, 56, False),
+                                                         (256, 16, 28, False), (256, 32, 56, False)])
+def test_grouped_winograd_weight_grad_default_choice(channels, groups, size, picked, monkeypatch):
+    """The Winograd weight gradient by default only with 8 channels per group on both sides
+    and the whole image in one band of tile rows (256 -> 256 g32 @28); not with 4 or 16
+    channels per group, nor at 56x56 (several bands)."""
+    if _winograd_isa() is None:
+        pytest.skip("Winograd needs the AVX2 or AVX-512 variant")
+    torch.manual_seed(0)
+    x = torch.randn(1, channels, size, size)
+    gy = torch.randn(1, channels, size, size)
+    args = (gy, x, [3, 3], [1, 1], [1, 1], [1, 1], groups)
+    monkeypatch.delenv("CONVOPS_GROUPED_WINOGRAD", raising=False)
+    default = ops.conv2d_weight_grad(*args)
+    monkeypatch.setenv("CONVOPS_GROUPED_WINOGRAD", "0")
+    direct = ops.conv2d_weight_grad(*args)
+    monkeypatch.setenv("CONVOPS_GROUPED_WINOGRAD", "1")
+    forced = ops.conv2d_weight_grad(*args)
+    assert not torch.equal(forced, direct)
+    assert torch.equal(default, forced if picked else direct)
+    torch.testing.assert_close(forced, direct, rtol=1e-4, atol=1e-3)
+
+
 def test_grouped_unbatched():
     torch.manual_seed(0)
     x = torch.randn(8, 9, 7, dtype=torch.float64, requires_grad=True)

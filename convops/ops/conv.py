@@ -192,6 +192,12 @@ def _conv2d_weight_grad_fake(grad_output, input, kernel_size, stride, padding, d
                             kernel_size[0], kernel_size[1]))
 
 
+@torch.library.register_fake("convops::conv2d_weight_bias_grad")
+def _conv2d_weight_bias_grad_fake(grad_output, input, kernel_size, stride, padding, dilation, groups):
+    grad_weight = _conv2d_weight_grad_fake(grad_output, input, kernel_size, stride, padding, dilation, groups)
+    return grad_weight, grad_output.new_empty((grad_output.shape[1],))
+
+
 # ----------------------------------------------------------------------------- backward building blocks
 
 def conv2d_input_grad(grad: Tensor, weight: Tensor, input_hw: Sequence, stride, padding, dilation,
@@ -239,9 +245,12 @@ def _conv2d_backward(ctx, grad):
     grad_input = grad_weight = grad_bias = None
     if ctx.needs_input_grad[0]:
         grad_input = conv2d_input_grad(grad, weight, input.shape[2:], stride, padding, dilation, groups)
-    if ctx.needs_input_grad[1]:
+    if ctx.needs_input_grad[1] and ctx.needs_input_grad[2]:  # one pass over grad
+        grad_weight, grad_bias = ops.conv2d_weight_bias_grad(grad, input, weight.shape[2:], stride, padding,
+                                                             dilation, groups)
+    elif ctx.needs_input_grad[1]:
         grad_weight = ops.conv2d_weight_grad(grad, input, weight.shape[2:], stride, padding, dilation, groups)
-    if ctx.needs_input_grad[2]:
+    elif ctx.needs_input_grad[2]:
         grad_bias = _bias_grad(grad)
     return grad_input, grad_weight, grad_bias, None, None, None, None
 
@@ -318,6 +327,23 @@ def _weight_grad_backward(ctx, grad_grad_weight):
 
 
 torch.library.register_autograd("convops::conv2d_weight_grad", _weight_grad_backward,
+                                setup_context=_weight_grad_setup_context)
+
+
+def _weight_bias_grad_backward(ctx, grad_grad_weight, grad_grad_bias):
+    """The bias gradient is grad_output summed: its adjoint broadcasts, which conv2d's bias does."""
+    grad_output, input = ctx.saved_tensors
+    stride, padding, dilation, groups = ctx.hyper
+    d_grad_output = d_input = None
+    if ctx.needs_input_grad[0]:
+        d_grad_output = ops.conv2d(input, grad_grad_weight, grad_grad_bias, stride, padding, dilation, groups)
+    if ctx.needs_input_grad[1]:
+        d_input = conv2d_input_grad(grad_output, grad_grad_weight, input.shape[2:], stride, padding,
+                                    dilation, groups)
+    return d_grad_output, d_input, None, None, None, None, None
+
+
+torch.library.register_autograd("convops::conv2d_weight_bias_grad", _weight_bias_grad_backward,
                                 setup_context=_weight_grad_setup_context)
 
 

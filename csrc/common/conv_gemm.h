@@ -337,8 +337,23 @@ at::Tensor conv2d_weight_grad_op(const at::Tensor& grad_output, const at::Tensor
                                  int64_t groups) {
   const auto g = conv2d_weight_geometry(grad_output, input, kernel_size,
                                         {stride, padding, dilation, groups});
-  if (auto direct = Backend::direct_weight_grad(grad_output, input, g); direct.defined()) return direct;
+  if (auto direct = Backend::direct_weight_grad(grad_output, input, g, nullptr); direct.defined()) {
+    return direct;
+  }
   return conv2d_weight_grad_gemm<Backend>(grad_output, input, g);
+}
+
+template <class Backend>
+std::tuple<at::Tensor, at::Tensor> conv2d_weight_bias_grad_op(
+    const at::Tensor& grad_output, const at::Tensor& input, at::IntArrayRef kernel_size,
+    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  const auto g = conv2d_weight_geometry(grad_output, input, kernel_size,
+                                        {stride, padding, dilation, groups});
+  at::Tensor grad_bias;
+  auto grad_weight = Backend::direct_weight_grad(grad_output, input, g, &grad_bias);
+  if (!grad_weight.defined()) grad_weight = conv2d_weight_grad_gemm<Backend>(grad_output, input, g);
+  if (!grad_bias.defined()) grad_bias = grad_output.sum({0, 2, 3});
+  return {grad_weight, grad_bias};
 }
 
 }  // namespace convops

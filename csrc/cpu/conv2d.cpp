@@ -239,9 +239,10 @@ struct CpuBackend {
     if (auto dx = cpu::depthwise_input_grad(y, w, bias, g); dx.defined()) return dx;
     return cpu::grouped_input_grad(y, w, bias, g);
   }
-  static at::Tensor direct_weight_grad(const at::Tensor& go, const at::Tensor& x, const Conv2dGeometry& g) {
+  static at::Tensor direct_weight_grad(const at::Tensor& go, const at::Tensor& x, const Conv2dGeometry& g,
+                                       at::Tensor* grad_bias) {
     if (auto dw = cpu::depthwise_weight_grad(go, x, g); dw.defined()) return dw;
-    return cpu::grouped_weight_grad(go, x, g);
+    return cpu::grouped_weight_grad(go, x, g, grad_bias);
   }
 
   static void im2col(const at::Tensor& images, at::Tensor& columns, const Conv2dGeometry& g,
@@ -375,6 +376,7 @@ TORCH_LIBRARY_IMPL(convops, CPU, m) {
   m.impl("conv2d", &conv2d_op<CpuBackend>);
   m.impl("conv_transpose2d", &conv_transpose2d_op<CpuBackend>);
   m.impl("conv2d_weight_grad", &conv2d_weight_grad_op<CpuBackend>);
+  m.impl("conv2d_weight_bias_grad", &conv2d_weight_bias_grad_op<CpuBackend>);
 }
 
 }  // namespace convops

@@ -22,8 +22,10 @@ at::Tensor grouped_forward(const at::Tensor& input, const at::Tensor& weight,
                            const c10::optional<at::Tensor>& bias, const Conv2dGeometry& g);
 at::Tensor grouped_input_grad(const at::Tensor& grad_output, const at::Tensor& weight,
                               const c10::optional<at::Tensor>& bias, const Conv2dGeometry& g);
+// With grad_bias non-null, the bias gradient may come with it (where it is free): then
+// *grad_bias is set, else left undefined.
 at::Tensor grouped_weight_grad(const at::Tensor& grad_output, const at::Tensor& input,
-                               const Conv2dGeometry& g);
+                               const Conv2dGeometry& g, at::Tensor* grad_bias = nullptr);
 // How many times the grouped kernel claimed a call (forward, input grad or weight grad), so
 // tests can tell it ran rather than the GEMM path; reset=true returns the count and zeroes it.
 int64_t grouped_kernel_calls_count(bool reset);

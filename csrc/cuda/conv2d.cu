@@ -85,7 +85,8 @@ struct CudaBackend {
                                       const c10::optional<at::Tensor>& bias, const Conv2dGeometry& g) {
     return gpu::depthwise_input_grad(y, w, bias, g);
   }
-  static at::Tensor direct_weight_grad(const at::Tensor& go, const at::Tensor& x, const Conv2dGeometry& g) {
+  static at::Tensor direct_weight_grad(const at::Tensor& go, const at::Tensor& x, const Conv2dGeometry& g,
+                                       at::Tensor* /*grad_bias: never fused here*/) {
     return gpu::depthwise_weight_grad(go, x, g);
   }
 
@@ -145,6 +146,7 @@ TORCH_LIBRARY_IMPL(convops, CUDA, m) {
   m.impl("conv2d", &conv2d_op<CudaBackend>);
   m.impl("conv_transpose2d", &conv_transpose2d_op<CudaBackend>);
   m.impl("conv2d_weight_grad", &conv2d_weight_grad_op<CudaBackend>);
+  m.impl("conv2d_weight_bias_grad", &conv2d_weight_bias_grad_op<CudaBackend>);
 }
 
 }  // namespace convops
