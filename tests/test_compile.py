@@ -17,6 +17,7 @@ from conftest import assert_close, compare_compiled_with_eager, requires_cuda
 
 ops = torch.ops.convops
 CONV2D, CONVT2D, WGRAD = "convops::conv2d", "convops::conv_transpose2d", "convops::conv2d_weight_grad"
+WBGRAD = "convops::conv2d_weight_bias_grad"  # conv2d's backward with a bias: one op for both
 # what must never appear: torch's own convolutions (the op path is ours)
 TORCH_CONVS = {torch.ops.aten.convolution.default, torch.ops.aten._convolution.default,
                torch.ops.aten.convolution_backward.default, F.conv1d, F.conv2d, F.conv_transpose1d,
@@ -32,13 +33,13 @@ def _randn(*shape):
 CASES = {
     "conv2d": (lambda x, w, b: cF.conv2d(x, w, b, stride=(2, 1), padding=(1, 2), dilation=(1, 2), groups=2),
                lambda: [_randn(2, 4, 9, 8), _randn(6, 2, 3, 3), _randn(6)],
-               {CONV2D: 1}, {CONVT2D: 1, WGRAD: 1}),
+               {CONV2D: 1}, {CONVT2D: 1, WBGRAD: 1}),
     "conv2d_same": (lambda x, w: cF.conv2d(x, w, padding="same"),
                     lambda: [_randn(2, 3, 7, 6), _randn(4, 3, 4, 2)],
                     {CONV2D: 1}, {CONVT2D: 1, WGRAD: 1}),
     "conv1d": (lambda x, w, b: cF.conv1d(x, w, b, stride=2, padding=1),
                lambda: [_randn(2, 3, 11), _randn(5, 3, 3), _randn(5)],
-               {CONV2D: 1}, {CONVT2D: 1, WGRAD: 1}),
+               {CONV2D: 1}, {CONVT2D: 1, WBGRAD: 1}),
     "conv_transpose2d": (lambda x, w, b: cF.conv_transpose2d(x, w, b, stride=2, padding=1, output_padding=1,
                                                               groups=2, dilation=1),
                          lambda: [_randn(2, 4, 5, 6), _randn(4, 3, 3, 3), _randn(6)],

@@ -78,6 +78,20 @@ def test_counts_split_by_op():
                      "convops.conv2d_weight_grad": forward}
 
 
+def test_fused_weight_bias_grad_counts_like_torch():
+    """conv2d's backward with a bias runs the fused weight-and-bias gradient op: the same total
+    as torch's aten.convolution_backward (the bias's sum is not counted by either)."""
+    x = torch.randn(2, 4, 9, 8, requires_grad=True)
+    w = torch.randn(6, 2, 3, 3, requires_grad=True)
+    b = torch.randn(6, requires_grad=True)
+    with FlopCounterMode(display=False) as ours:
+        cF.conv2d(x, w, b, padding=1, groups=2).sum().backward()
+    with FlopCounterMode(display=False) as ref:
+        F.conv2d(x, w, b, padding=1, groups=2).sum().backward()
+    assert "convops.conv2d_weight_bias_grad" in {str(k) for k in ours.get_flop_counts()["Global"]}
+    assert ours.get_total_flops() == ref.get_total_flops() > 0
+
+
 def test_weight_grad_op_called_directly():
     g, x = torch.randn(2, 5, 6, 6), torch.randn(2, 3, 8, 8)
     with FlopCounterMode(display=False) as counter:

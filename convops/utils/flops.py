@@ -48,6 +48,12 @@ def conv2d_weight_grad_flop(grad_output_shape, input_shape, *args, out_shape=Non
                            transposed=False)
 
 
+def conv2d_weight_bias_grad_flop(grad_output_shape, input_shape, *args, out_shape=None, **kwargs) -> int:
+    """convops::conv2d_weight_bias_grad: the weight gradient's count (the bias's sum is not
+    counted, as torch does not count it in aten.convolution_backward)."""
+    return conv2d_weight_grad_flop(grad_output_shape, input_shape, out_shape=out_shape[0])
+
+
 # ----------------------------------------------------------------------------- [depthwise / grouped]
 
 def depthwise_conv2d_flop(input_shape, weight_shape, *args, out_shape=None, **kwargs) -> int:
@@ -138,6 +144,7 @@ FORMULAS = {
     "conv2d": conv2d_flop,
     "conv_transpose2d": conv_transpose2d_flop,
     "conv2d_weight_grad": conv2d_weight_grad_flop,
+    "conv2d_weight_bias_grad": conv2d_weight_bias_grad_flop,
     "depthwise_conv2d": depthwise_conv2d_flop,
     "depthwise_separable_conv2d": depthwise_separable_conv2d_flop,
     "depthwise_separable_conv2d_backward": depthwise_separable_conv2d_backward_flop,
