@@ -78,6 +78,21 @@ def test_counts_split_by_op():
                      "convops.conv2d_weight_grad": forward}
 
 
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode", "grad_mode"])
+def test_forward_counted_in_every_grad_mode(mode):
+    """With grad mode off the functional API calls the op below the autograd key: dispatch
+    modes such as FlopCounterMode still see it, and the result is the same."""
+    x, w = torch.randn(3, 6, 10, 9), torch.randn(8, 3, 3, 2)
+    context = {"no_grad": torch.no_grad, "inference_mode": torch.inference_mode,
+               "grad_mode": torch.enable_grad}[mode]
+    with context():
+        total, _ = _count(lambda: cF.conv2d(x, w, groups=2), [], False)
+        out = cF.conv2d(x, w, groups=2)
+    assert total == 2 * 3 * 8 * 3 * 3 * 2 * 8 * 8
+    torch.testing.assert_close(out, F.conv2d(x, w, groups=2))
+    assert not out.requires_grad
+
+
 def test_fused_weight_bias_grad_counts_like_torch():
     """conv2d's backward with a bias runs the fused weight-and-bias gradient op: the same total
     as torch's aten.convolution_backward (the bias's sum is not counted by either)."""
