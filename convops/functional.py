@@ -137,7 +137,8 @@ def _apply(function, *args):
     """function.apply(*args), or, when no argument needs a gradient, function.forward (the
     registered op) directly; in plain eager mode (not compiling, no torch.func transform)
     through its ctx-first twin (_eager_twin) and, with grad mode off, below the autograd key
-    (training step 256->256 g32 @28: 2-4% faster)."""
+    (a training step of a small grouped conv, 1x256x2x2 g32: ~17% faster; of 256->256 g32 @28,
+    where the kernels take ~6 ms, ~1%)."""
     eager = not torch.compiler.is_compiling() and not torch._C._are_functorch_transforms_active()
     if torch.is_grad_enabled():
         if any(isinstance(a, Tensor) and a.requires_grad for a in args):

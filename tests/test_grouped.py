@@ -229,6 +229,21 @@ def test_grouped_winograd_weight_bias_grad(case, monkeypatch):
         assert not torch.equal(gw, gw_direct)
 
 
+@pytest.mark.parametrize("winograd", ["0", "1"])
+@pytest.mark.parametrize("case", ["g32_c8_odd", "g2_c16_two_blocks", "g2_c8_tall_bands", "g4_c5to6_pad0"])
+def test_grouped_ignores_stale_scratch(case, winograd, monkeypatch):
+    """Every scratch buffer filled with NaN before use (CONVOPS_POISON_SCRATCH=1): outputs and
+    gradients stay finite and equal to torch's, so no kernel reads a word it did not write (the
+    Winograd weight gradient once met the vector past its last packed row this way)."""
+    groups, cin, cout, (n, h, w), kwargs = WINOGRAD[case]
+    monkeypatch.setenv("CONVOPS_POISON_SCRATCH", "1")
+    monkeypatch.setenv("CONVOPS_GROUPED_WINOGRAD", winograd)
+    _calls(reset=True)
+    out = _parity((n, groups * cin, h, w), (groups * cout, cin, 3, 3), dict(groups=groups, **kwargs),
+                  torch.float32, bias=True)
+    assert _calls() == 3 and torch.isfinite(out).all()
+
+
 @pytest.mark.parametrize("channels,groups,size,picked", [(256, 32, 28, True), (128, 32, 56, False),
                                                          (256, 16, 28, False), (256, 32, 56, False)])
 def test_grouped_winograd_weight_grad_default_choice(channels, groups, size, picked, monkeypatch):

@@ -20,6 +20,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
+#include <limits>
 
 #include "conv_params.h"
 
@@ -34,10 +36,17 @@ struct ScratchStats {
 };
 ScratchStats& scratch_stats();
 
+// Scratch memory is uninitialised; no result may depend on what it held. CONVOPS_POISON_SCRATCH=1
+// (read per allocation, for tests) fills every floating-point buffer with NaN first, so a
+// kernel that reads a word it never wrote shows it.
 class ScratchBuffer {
  public:
   ScratchBuffer(int64_t elems, const at::TensorOptions& options)
       : tensor_(at::empty({elems}, options)), bytes_(static_cast<int64_t>(tensor_.nbytes())) {
+    if (const char* poison = std::getenv("CONVOPS_POISON_SCRATCH");
+        poison && poison[0] == '1' && at::isFloatingType(tensor_.scalar_type())) {
+      tensor_.fill_(std::numeric_limits<double>::quiet_NaN());
+    }
     auto& stats = scratch_stats();
     const int64_t live = stats.live.fetch_add(bytes_) + bytes_;
     int64_t seen = stats.peak.load();
