@@ -428,6 +428,7 @@ struct KernelSet {
 
 // The packing loops copy rows of a few dozen elements: GCC would turn them into memmove and
 // memset calls, which cost more than such a copy (14% of the forward's time when it did).
+#pragma GCC push_options
 #pragma GCC optimize("no-tree-loop-distribute-patterns")
 
 namespace baseline {
@@ -632,6 +633,8 @@ struct DoubleVec {
 }  // namespace avx512
 #pragma GCC pop_options
 #endif
+// The drivers below fill and copy whole buffers: memset/memcpy calls are what they want.
+#pragma GCC pop_options
 
 enum class IsaLevel { kAvx512, kAvx2, kBaseline };
 
@@ -782,17 +785,21 @@ WinogradPlan winograd_geometry(const Correlation<float>& p, int64_t lanes, int64
 template <typename T>
 class PackedCorrelation {
  public:
+  // With `only_out` given, the correlation runs once, into that tensor: where Winograd takes
+  // it, the direct kernel's weights are not packed (a third of the forward's serial time at
+  // batch 1, perf).
   template <class WeightAt>
-  PackedCorrelation(const Correlation<T>& p, const WeightAt& weight_at, const T* bias)
+  PackedCorrelation(const Correlation<T>& p, const WeightAt& weight_at, const T* bias,
+                    const at::Tensor* only_out = nullptr)
       : p_(p), ob_(output_block(p.outputs)), band_(band_layout(p, kernels<T>().lanes, ob_)) {
-    // The direct kernel's weights even where Winograd applies: a channels_last output, known
-    // only in run(), goes to the direct kernel.
-    pack_weights(p, ob_, weight_at, bias, wpack_, bpack_);
-    offs_ = tap_offsets(p, band_);
     if (winograd_applies<T>(p)) {
       winograd_weights(p, weight_at);
       if (bias) winograd_bias_.assign(bias, bias + p.groups * p.outputs);
     }
+    if (only_out && winograd_runs(*only_out)) return;
+    // The direct kernel's weights (where Winograd applies too, for a channels_last output).
+    pack_weights(p, ob_, weight_at, bias, wpack_, bpack_);
+    offs_ = tap_offsets(p, band_);
   }
 
   // out (N, groups*outputs, out_h, out_w), any strides, = the correlation over the `batch`
@@ -802,12 +809,13 @@ class PackedCorrelation {
     Correlation<T> p = p_;
     p.src = src;
     p.batch = batch;
-    if (!u_.empty() && out.stride(3) == 1 && out.stride(1) != 1) {
+    if (winograd_runs(out)) {
       if constexpr (std::is_same_v<T, float>) {
         run_winograd(p, out);
         return;
       }
     }
+    TORCH_INTERNAL_ASSERT(!wpack_.empty(), "grouped conv: direct kernel weights not packed");
     ForwardPlan<T> f{p, band_, wpack_.data(), bpack_.data(), out.data_ptr<T>(),
                      {out.stride(0), out.stride(1), out.stride(2), out.stride(3)}, ob_,
                      offs_.data(), x_pack_elems(p, band_)};
@@ -833,6 +841,11 @@ class PackedCorrelation {
   }
 
  private:
+  // Winograd takes outputs whose rows are contiguous and not channels_last.
+  bool winograd_runs(const at::Tensor& out) const {
+    return std::is_same_v<T, float> && !u_.empty() && out.stride(3) == 1 && out.stride(1) != 1;
+  }
+
   // G x for three taps x (one column or row of g).
   static void winograd_g(double x0, double x1, double x2, double out[4]) {
     out[0] = x0;
@@ -902,7 +915,7 @@ class PackedCorrelation {
 template <typename T, class WeightAt>
 void run_correlation(const Correlation<T>& p, const WeightAt& weight_at, const T* bias,
                      at::Tensor& out) {
-  PackedCorrelation<T>(p, weight_at, bias).run(p.src, p.batch, out);
+  PackedCorrelation<T>(p, weight_at, bias, &out).run(p.src, p.batch, out);
 }
 
 // Few channels per group, more than one group, not depthwise (csrc/cpu/depthwise.cpp).
