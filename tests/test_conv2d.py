@@ -361,17 +361,11 @@ def _opcheck_weight_grad_samples():
     ]
 
 
+@pytest.mark.parametrize("op", ["conv2d_weight_grad", "conv2d_weight_bias_grad"])
 @pytest.mark.parametrize("idx", range(3))
-def test_opcheck_conv2d_weight_grad(idx):
+def test_opcheck_conv2d_weight_grad(idx, op):
     args = _opcheck_weight_grad_samples()[idx]
-    result = torch.library.opcheck(ops.conv2d_weight_grad, args)
-    assert all(v == "SUCCESS" for v in result.values()), result
-
-
-@pytest.mark.parametrize("idx", range(3))
-def test_opcheck_conv2d_weight_bias_grad(idx):
-    args = _opcheck_weight_grad_samples()[idx]
-    result = torch.library.opcheck(ops.conv2d_weight_bias_grad, args)
+    result = torch.library.opcheck(getattr(ops, op), args)
     assert all(v == "SUCCESS" for v in result.values()), result
 
 

@@ -314,24 +314,9 @@ def _weight_grad_setup_context(ctx, inputs, output):
     _save(ctx, grad_output, input, stride, padding, dilation, groups)
 
 
-def _weight_grad_backward(ctx, grad_grad_weight):
-    grad_output, input = ctx.saved_tensors
-    stride, padding, dilation, groups = ctx.hyper
-    d_grad_output = d_input = None
-    if ctx.needs_input_grad[0]:
-        d_grad_output = ops.conv2d(input, grad_grad_weight, None, stride, padding, dilation, groups)
-    if ctx.needs_input_grad[1]:
-        d_input = conv2d_input_grad(grad_output, grad_grad_weight, input.shape[2:], stride, padding,
-                                    dilation, groups)
-    return d_grad_output, d_input, None, None, None, None, None
-
-
-torch.library.register_autograd("convops::conv2d_weight_grad", _weight_grad_backward,
-                                setup_context=_weight_grad_setup_context)
-
-
-def _weight_bias_grad_backward(ctx, grad_grad_weight, grad_grad_bias):
-    """The bias gradient is grad_output summed: its adjoint broadcasts, which conv2d's bias does."""
+def _weight_grad_backward(ctx, grad_grad_weight, grad_grad_bias=None):
+    """Backward of conv2d_weight_grad and of conv2d_weight_bias_grad (whose bias gradient is
+    grad_output summed: its adjoint broadcasts, which conv2d's bias does)."""
     grad_output, input = ctx.saved_tensors
     stride, padding, dilation, groups = ctx.hyper
     d_grad_output = d_input = None
@@ -343,8 +328,8 @@ def _weight_bias_grad_backward(ctx, grad_grad_weight, grad_grad_bias):
     return d_grad_output, d_input, None, None, None, None, None
 
 
-torch.library.register_autograd("convops::conv2d_weight_bias_grad", _weight_bias_grad_backward,
-                                setup_context=_weight_grad_setup_context)
+for _name in ("convops::conv2d_weight_grad", "convops::conv2d_weight_bias_grad"):
+    torch.library.register_autograd(_name, _weight_grad_backward, setup_context=_weight_grad_setup_context)
 
 
 def build_info() -> dict:
