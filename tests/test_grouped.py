@@ -177,6 +177,19 @@ def test_grouped_winograd(case, layout, monkeypatch):
         assert not torch.equal(out, direct)
 
 
+def _default_direct_forced(fn, monkeypatch):
+    """fn() with Winograd left to its default choice, turned off and forced; asserts that the
+    forced result differs from the direct kernel's (it did take the Winograd path)."""
+    monkeypatch.delenv("CONVOPS_GROUPED_WINOGRAD", raising=False)
+    default = fn()
+    monkeypatch.setenv("CONVOPS_GROUPED_WINOGRAD", "0")
+    direct = fn()
+    monkeypatch.setenv("CONVOPS_GROUPED_WINOGRAD", "1")
+    forced = fn()
+    assert not torch.equal(forced, direct)
+    return default, direct, forced
+
+
 @pytest.mark.parametrize("channels,size,on_avx512,on_avx2", [(256, 28, True, True),
                                                                (128, 56, False, True),
                                                                (512, 14, False, True)])
@@ -191,13 +204,8 @@ def test_grouped_winograd_default_choice(channels, size, on_avx512, on_avx2, mon
     torch.manual_seed(0)
     x = torch.randn(1, channels, size, size)
     w = torch.randn(channels, channels // 32, 3, 3)
-    monkeypatch.delenv("CONVOPS_GROUPED_WINOGRAD", raising=False)
-    default = ops.conv2d(x, w, None, [1, 1], [1, 1], [1, 1], 32)
-    monkeypatch.setenv("CONVOPS_GROUPED_WINOGRAD", "0")
-    direct = ops.conv2d(x, w, None, [1, 1], [1, 1], [1, 1], 32)
-    monkeypatch.setenv("CONVOPS_GROUPED_WINOGRAD", "1")
-    forced = ops.conv2d(x, w, None, [1, 1], [1, 1], [1, 1], 32)
-    assert not torch.equal(forced, direct)
+    default, direct, forced = _default_direct_forced(
+        lambda: ops.conv2d(x, w, None, [1, 1], [1, 1], [1, 1], 32), monkeypatch)
     assert torch.equal(default, forced if picked else direct)
     torch.testing.assert_close(forced, direct, rtol=1e-4, atol=1e-4)
 
@@ -255,14 +263,8 @@ def test_grouped_winograd_weight_grad_default_choice(channels, groups, size, pic
     torch.manual_seed(0)
     x = torch.randn(1, channels, size, size)
     gy = torch.randn(1, channels, size, size)
-    args = (gy, x, [3, 3], [1, 1], [1, 1], [1, 1], groups)
-    monkeypatch.delenv("CONVOPS_GROUPED_WINOGRAD", raising=False)
-    default = ops.conv2d_weight_grad(*args)
-    monkeypatch.setenv("CONVOPS_GROUPED_WINOGRAD", "0")
-    direct = ops.conv2d_weight_grad(*args)
-    monkeypatch.setenv("CONVOPS_GROUPED_WINOGRAD", "1")
-    forced = ops.conv2d_weight_grad(*args)
-    assert not torch.equal(forced, direct)
+    default, direct, forced = _default_direct_forced(
+        lambda: ops.conv2d_weight_grad(gy, x, [3, 3], [1, 1], [1, 1], [1, 1], groups), monkeypatch)
     assert torch.equal(default, forced if picked else direct)
     torch.testing.assert_close(forced, direct, rtol=1e-4, atol=1e-3)
 

@@ -306,6 +306,14 @@ int64_t padded_outputs(const WeightGradPlan<T>& w) {
   return (w.p.outputs + w.ob - 1) / w.ob * w.ob;
 }
 
+// The sum of a vector's `lanes` lanes, in lane order (the same bits whichever thread adds).
+template <typename T>
+T lane_sum(const T* s, int64_t lanes) {
+  T total = T(0);
+  for (int64_t l = 0; l < lanes; ++l) total += s[l];
+  return total;
+}
+
 // Stores the lanes' sum (in lane order) of the group's vector sums as the slice's partial
 // result for that group; `slot` is the group's place among the groups the slice touches.
 template <typename T>
@@ -316,10 +324,7 @@ void flush_group_sums(const WeightGradPlan<T>& w, int64_t slot, int64_t lanes, T
   T* dst = partial + slot * p.outputs * per_o;
   for (int64_t o = 0; o < p.outputs; ++o) {
     for (int64_t k = 0; k < per_o; ++k) {
-      const T* s = sums + (o * per_o + k) * lanes;
-      T total = T(0);
-      for (int64_t l = 0; l < lanes; ++l) total += s[l];
-      dst[o * per_o + k] = total;
+      dst[o * per_o + k] = lane_sum(sums + (o * per_o + k) * lanes, lanes);
     }
   }
   std::memset(sums, 0, sizeof(T) * padded_outputs(w) * per_o * lanes);
@@ -392,18 +397,15 @@ inline void winograd_grad_flush(const WinogradGradPlan& w, int64_t slot, int64_t
                                 float* sums, float* partial) {
   const auto& p = w.geo.p;
   float* dst = partial + slot * w.group_elems();
-  auto lane_sum = [&](const float* s) {
-    float total = 0.f;
-    for (int64_t l = 0; l < lanes; ++l) total += s[l];
-    return total;
-  };
   for (int64_t o = 0; o < p.outputs; ++o)
     for (int64_t c = 0; c < p.channels; ++c)
       for (int64_t xi = 0; xi < 16; ++xi)
-        dst[(o * p.channels + c) * 16 + xi] = lane_sum(sums + ((o * w.cpad + c) * 16 + xi) * lanes);
+        dst[(o * p.channels + c) * 16 + xi] = lane_sum(sums + ((o * w.cpad + c) * 16 + xi) * lanes, lanes);
   if (w.bias) {
     const float* bias_sums = sums + w.opad * w.cpad * 16 * lanes;
-    for (int64_t o = 0; o < p.outputs; ++o) dst[p.outputs * p.channels * 16 + o] = lane_sum(bias_sums + o * lanes);
+    for (int64_t o = 0; o < p.outputs; ++o) {
+      dst[p.outputs * p.channels * 16 + o] = lane_sum(bias_sums + o * lanes, lanes);
+    }
   }
   std::memset(sums, 0, sizeof(float) * w.sum_elems);
 }
