@@ -122,6 +122,30 @@ def test_depthwise_channels_last(case, dtype, path):
     assert out.is_contiguous(memory_format=torch.channels_last)
 
 
+# A large channels_last forward output (a third of the last-level cache) is written with
+# streaming stores when its channels are whole vectors; CONVOPS_DW_STREAMING_BYTES=0 forces
+# that on these small shapes: the same numbers as the regular stores, and as torch's.
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("x_shape, kw", [
+    ((2, 32, 9, 30), dict(padding=1)),                 # whole vectors either dtype, 8-pixel blocks
+    ((2, 16, 9, 8), dict(stride=2, padding=1)),
+    ((1, 40, 7, 21), dict(padding=(0, 2), dilation=(1, 2))),  # whole float64 vectors only
+    ((2, 20, 6, 19), dict(padding=1)),                 # a partial vector: regular stores
+], ids=["c32", "c16_stride2", "c40_dil", "c20_tail"])
+def test_depthwise_channels_last_streaming(x_shape, kw, dtype, monkeypatch):
+    c = x_shape[1]
+    x = make(x_shape, dtype, layout="channels_last")
+    w = make((c, 1, 3, 3), dtype)
+    b = make((c,), dtype)
+    monkeypatch.setenv("CONVOPS_DW_STREAMING_BYTES", str(1 << 60))
+    regular = cF.conv2d(x, w, b, groups=c, **kw)
+    monkeypatch.setenv("CONVOPS_DW_STREAMING_BYTES", "0")
+    streamed = cF.conv2d(x, w, b, groups=c, **kw)
+    assert streamed.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(streamed, regular)
+    assert_close(streamed, F.conv2d(x, w, b, groups=c, **kw), dtype)
+
+
 @pytest.mark.parametrize("w_layout", ["contiguous", "strided"])
 @pytest.mark.parametrize("x_layout", ["strided", "channels_last"])
 def test_depthwise_strided_inputs(x_layout, w_layout):
