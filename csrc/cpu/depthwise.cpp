@@ -84,6 +84,15 @@ CONVOPS_INLINE void store_streaming(T* p, const Vec<T>& v) {
   store(p, v);
 #endif
 }
+// p + step through a register the compiler cannot see into: left to itself, GCC keeps every
+// pixel's offset (p * C, a runtime multiple) of a block live across its loops, more than the
+// general registers hold, and reloads them from the stack for every load and store.
+template <typename P>
+CONVOPS_INLINE P* advance(P* p, int64_t step) {
+  p += step;
+  asm("" : "+r"(p));
+  return p;
+}
 // Lane numbers 0, 1, ... as an integer vector of the same shape, for lane masks.
 template <typename T>
 using LaneInt = std::conditional_t<sizeof(T) == 4, int32_t, int64_t>;
@@ -886,6 +895,7 @@ CONVOPS_INLINE void forward_nhwc_k(const DwCall<T>& a) {
   const int64_t kw = kTaps == 9 ? 3 : g.kernel_w;
   const auto [ow_lo, ow_hi] = interior_columns(g);
   const int64_t pixel_step = g.stride_w * C, tap_step = g.dilation_w * C;
+  const bool unit_columns = kTaps == 9 && g.stride_w == 1 && g.dilation_w == 1;
   for (int64_t row = a.begin; row < a.end; ++row) {
     const int64_t n = row / g.out_h, oh = row % g.out_h;
     T* dst_row = a.dst + row * g.out_w * C;
@@ -965,18 +975,39 @@ CONVOPS_INLINE void forward_nhwc_k(const DwCall<T>& a) {
         Vec<T> acc[kPixels];
         const Vec<T> bias = a.bias ? load(a.bias + c0) : Vec<T>{};
         for (int64_t p = 0; p < kPixels; ++p) acc[p] = bias;
-        for (int64_t ki = ki_first; ki < ki_last; ++ki) {
-          const T* src = base + ki * ki_step + c0;
-          const T* w = a.weight + ki * kw * Cp + c0;
-          for (int64_t kj = 0; kj < kw; ++kj, src += tap_step, w += Cp) {
-            const Vec<T> wt = load(w);
-            for (int64_t p = 0; p < kPixels; ++p) acc[p] += wt * load(src + p * pixel_step);
+        if (unit_columns) {
+          // 3x3, stride and dilation 1: neighbouring pixels' kernel columns overlap, so a
+          // kernel row's kPixels + 2 input vectors are loaded once for its three taps (10
+          // loads instead of 24 for 8 pixels). With `advance` for the addresses: 0.78-0.82x
+          // of the time on 32ch@112, 144ch@56 and 192ch@28, 0.87-0.89x on 384ch@14 (batch 8,
+          // in-process A/B, Zen 4).
+          for (int64_t ki = ki_first; ki < ki_last; ++ki) {
+            const T* w = a.weight + ki * 3 * Cp + c0;
+            const T* src = base + ki * ki_step + c0;
+            Vec<T> x[kPixels + 2];
+            for (int64_t q = 0; q < kPixels + 2; ++q, src = advance(src, C)) x[q] = load(src);
+            for (int64_t kj = 0; kj < 3; ++kj) {
+              const Vec<T> wt = load(w + kj * Cp);
+              for (int64_t p = 0; p < kPixels; ++p) acc[p] += wt * x[p + kj];
+            }
+          }
+        } else {
+          for (int64_t ki = ki_first; ki < ki_last; ++ki) {
+            const T* src = base + ki * ki_step + c0;
+            const T* w = a.weight + ki * kw * Cp + c0;
+            for (int64_t kj = 0; kj < kw; ++kj, src += tap_step, w += Cp) {
+              const Vec<T> wt = load(w);
+              for (int64_t p = 0; p < kPixels; ++p) acc[p] += wt * load(src + p * pixel_step);
+            }
           }
         }
-        if (a.streaming) {
-          for (int64_t p = 0; p < kPixels; ++p) store_streaming(d + p * C + c0, acc[p]);
-        } else {
-          for (int64_t p = 0; p < kPixels; ++p) store(d + p * C + c0, acc[p]);
+        T* out = d + c0;
+        for (int64_t p = 0; p < kPixels; ++p, out = advance(out, C)) {
+          if (a.streaming) {
+            store_streaming(out, acc[p]);
+          } else {
+            store(out, acc[p]);
+          }
         }
       }
       if (full < C) {
