@@ -84,6 +84,16 @@ CONVOPS_INLINE void store_streaming(T* p, const Vec<T>& v) {
   store(p, v);
 #endif
 }
+// Whether this CPU runs the AVX-512 clones (target_clones picks them by the same test).
+bool has_avx512() {
+#if defined(__x86_64__)
+  static const bool yes = __builtin_cpu_supports("avx512f");
+  return yes;
+#else
+  return false;
+#endif
+}
+
 // p + step through a register the compiler cannot see into: left to itself, GCC keeps every
 // pixel's offset (p * C, a runtime multiple) of a block live across its loops, more than the
 // general registers hold, and reloads them from the stack for every load and store.
@@ -895,7 +905,7 @@ CONVOPS_INLINE void forward_nhwc_k(const DwCall<T>& a) {
   const int64_t kw = kTaps == 9 ? 3 : g.kernel_w;
   const auto [ow_lo, ow_hi] = interior_columns(g);
   const int64_t pixel_step = g.stride_w * C, tap_step = g.dilation_w * C;
-  const bool unit_columns = kTaps == 9 && g.stride_w == 1 && g.dilation_w == 1;
+  const bool unit_columns = kTaps == 9 && g.stride_w == 1 && g.dilation_w == 1 && has_avx512();
   for (int64_t row = a.begin; row < a.end; ++row) {
     const int64_t n = row / g.out_h, oh = row % g.out_h;
     T* dst_row = a.dst + row * g.out_w * C;
@@ -980,7 +990,8 @@ CONVOPS_INLINE void forward_nhwc_k(const DwCall<T>& a) {
           // kernel row's kPixels + 2 input vectors are loaded once for its three taps (10
           // loads instead of 24 for 8 pixels). With `advance` for the addresses: 0.78-0.82x
           // of the time on 32ch@112, 144ch@56 and 192ch@28, 0.87-0.89x on 384ch@14 (batch 8,
-          // in-process A/B, Zen 4).
+          // in-process A/B, Zen 4). AVX-512 only: the 18 vectors it keeps are 36 ymm
+          // registers in the AVX2 clone, which has 16 (not measured there).
           for (int64_t ki = ki_first; ki < ki_last; ++ki) {
             const T* w = a.weight + ki * 3 * Cp + c0;
             const T* src = base + ki * ki_step + c0;
