@@ -55,6 +55,11 @@ CASES = {
     "same_even_dil": ((1, 3, 8, 9), 2, (2, 4), dict(padding="same", dilation=(2, 1))),
     "valid": ((2, 4, 7, 9), 1, (3, 3), dict(padding="valid")),
     "wide_rows": ((1, 3, 5, 70), 1, (3, 3), dict(padding=1)),
+    # Stride 2 on rows of several vectors: the padded copy splits whole vectors into the
+    # even and odd columns, the row's ends element by element (pad 1 and 0, odd and even).
+    "wide_stride2_pad1": ((2, 3, 5, 75), 1, (3, 3), dict(stride=2, padding=1)),
+    "wide_stride2_pad0_mult2": ((1, 2, 6, 68), 2, (3, 3), dict(stride=2)),
+    "wide_stride2_pad3_k7": ((1, 2, 8, 41), 1, (7, 7), dict(stride=2, padding=3)),
     # Planes computed as one dense run (stride 1, output width == input width): below one
     # vector, MobileNet's 7x7, rows of exactly one vector, a wide kernel row.
     "tiny_plane_same": ((2, 3, 3, 3), 1, (3, 3), dict(padding=1)),
