@@ -1038,7 +1038,10 @@ CONVOPS_INLINE void forward_nhwc_k(const DwCall<T>& a) {
             const T* w = a.weight + ki * kw * Cp + c0;
             for (int64_t kj = 0; kj < kw; ++kj, src += tap_step, w += Cp) {
               const Vec<T> wt = load(w);
-              for (int64_t p = 0; p < kPixels; ++p) acc[p] += wt * load(src + p * pixel_step);
+              // `advance` here too: 0.92-0.95x on 32ch@112 and 144ch@56 stride 2, 0.95-0.99x
+              // on 96ch@112 stride 2 (in-process A/Bs, Zen 4).
+              const T* s = src;
+              for (int64_t p = 0; p < kPixels; ++p, s = advance(s, pixel_step)) acc[p] += wt * load(s);
             }
           }
         }
