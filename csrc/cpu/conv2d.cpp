@@ -355,18 +355,9 @@ struct CpuBackend {
   }
 };
 
-const char* selected_isa() {
-#if defined(__x86_64__) && defined(__GNUC__)
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f")) return "avx512f";
-  if (__builtin_cpu_supports("avx2")) return "avx2";
-#endif
-  return "default";
-}
-
 const bool kBuildInfoRegistered = [] {
   build_info().cpu_kernel_isas = CONVOPS_ISA_LIST;
-  build_info().cpu_selected_isa = selected_isa();
+  build_info().cpu_selected_isa = cpu::selected_isa();
   return true;
 }();
 

@@ -33,6 +33,16 @@ extern "C" int MKL_Set_Num_Threads_Local(int) __attribute__((weak));
 
 namespace convops::cpu {
 
+// The clone that CONVOPS_ISA_CLONES runs on this CPU (the ifunc resolvers' own test).
+inline const char* selected_isa() {
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f")) return "avx512f";
+  if (__builtin_cpu_supports("avx2")) return "avx2";
+#endif
+  return "default";
+}
+
 // BLAS called from inside our own parallel region must run on the calling thread alone:
 // torch turns MKL's dynamic threading off and libgomp allows nested teams, so an MKL call
 // there would start a second team per thread and oversubscribe the cores (no speed-up at all

@@ -84,14 +84,10 @@ CONVOPS_INLINE void store_streaming(T* p, const Vec<T>& v) {
   store(p, v);
 #endif
 }
-// Whether this CPU runs the AVX-512 clones (target_clones picks them by the same test).
+// Whether this CPU runs the AVX-512 clones.
 bool has_avx512() {
-#if defined(__x86_64__)
-  static const bool yes = __builtin_cpu_supports("avx512f");
+  static const bool yes = std::strcmp(selected_isa(), "avx512f") == 0;
   return yes;
-#else
-  return false;
-#endif
 }
 
 // p + step through a register the compiler cannot see into: left to itself, GCC keeps every
