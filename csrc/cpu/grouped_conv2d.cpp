@@ -371,12 +371,15 @@ struct WinogradPlan {
 
 // The weight gradient of the same correlations by F(2x2, 3x3): with dM = A dY A^T the 4x4
 // adjoint of a 2x2 grad_output tile, U's gradient is the sum over tiles of dM . V and
-// dW = G^T dU G (applied once, to the reduced sums). A band's V and dM blocks are transformed
-// first, then multiplied an (xi, block of outputs, block of channels) at a time: 16 instead of
-// 36 multiply-adds per (output, channel, tile). The bias gradient comes free: a tile's sum is
-// its dM[5]. Items are ordered (group, image, band) like the direct weight gradient's, and each
-// slice of them stores per group it touches [outputs][channels][16] lane sums, then (with
-// bias) [outputs] bias sums.
+// dW = G^T dU G (applied once, to the reduced sums). A band's V blocks and the rows of its
+// A dY are transformed first, then multiplied an (xi, block of outputs, block of channels) at
+// a time (dM's columns formed on the way): 16 instead of 36 multiply-adds per (output,
+// channel, tile). The staged rows leave out A's signs in its last row and column, so dU[xi]
+// is -1 times the true one where exactly one of xi's row and column is 3 (restored in the
+// final transform). The bias gradient comes free: a tile's sum is its dM[5]. Items are
+// ordered (group, image, band) like the direct weight gradient's, and each slice of them
+// stores per group it touches [outputs][channels][16] lane sums, then (with bias) [outputs]
+// bias sums.
 struct WinogradGradPlan {
   WinogradPlan geo;     // p (src = input), tiles, bands and pack layout; u, out, bias unused
   Source<float> dy;     // grad_output, rows contiguous
@@ -384,7 +387,8 @@ struct WinogradGradPlan {
   int64_t cpad, opad;   // channels and outputs rounded up to 4 (the products' blocks)
   int64_t blocks;       // L-tile blocks of a band: band_tiles * blocks_w
   int64_t v_elems, dm_elems, sum_elems;  // per thread scratch after the pack: V
-                                         // [16][blocks][cpad][L], dM [16][blocks][opad][L],
+                                         // [16][blocks][cpad][L], A dY rows
+                                         // [8 (row, column)][blocks][opad][L],
                                          // sums [opad][cpad][16][L] then bias sums [opad][L]
   int64_t group_elems() const {
     return geo.p.outputs * geo.p.channels * 16 + (bias ? geo.p.outputs : 0);
@@ -1062,8 +1066,8 @@ void run_weight_grad(const Correlation<T>& p, const at::Tensor& grad_output, at:
                    });
 }
 
-// Staged V and dM blocks of one weight-gradient band: up to this many bytes (L2-resident; the
-// products stream them once per block of outputs). Per band, the products add their registers
+// Staged V blocks and A dY rows of one weight-gradient band: up to this many bytes
+// (L2-resident; the products stream them once per block of outputs). Per band, the products add their registers
 // into the vector sums once per (output, channel, xi): the fewer blocks a band has, the more
 // that costs (256->256 g32 @28, AVX-512, in-process against the direct kernel: 1.40x with
 // 64 KiB, 1.12x with 128, 0.92x with 256 and 512, which hold the whole 14 tile rows).
@@ -1072,8 +1076,8 @@ constexpr int64_t kWinogradGradStageBytes = 256 * 1024;
 // Tile rows per weight-gradient band (the stage budget above).
 int64_t winograd_grad_band_tiles(const Correlation<float>& p, int64_t lanes) {
   const int64_t tiles_w = (p.out_w + 1) / 2, blocks_w = (tiles_w + lanes - 1) / lanes;
-  const int64_t per_tile_row = 16 * (round_up(p.channels, 4) + round_up(p.outputs, 4)) * blocks_w *
-                               lanes * int64_t(sizeof(float));
+  const int64_t per_tile_row = (16 * round_up(p.channels, 4) + 8 * round_up(p.outputs, 4)) *
+                               blocks_w * lanes * int64_t(sizeof(float));
   return std::max<int64_t>(1, kWinogradGradStageBytes / per_tile_row);
 }
 
@@ -1108,7 +1112,7 @@ void run_winograd_weight_grad(const Correlation<float>& p, const at::Tensor& gra
   w.bias = grad_b.defined();
   w.blocks = w.geo.band_tiles * w.geo.blocks_w;
   w.v_elems = 16 * w.blocks * w.cpad * L;
-  w.dm_elems = 16 * w.blocks * w.opad * L;
+  w.dm_elems = 8 * w.blocks * w.opad * L;
   w.sum_elems = (w.opad * w.cpad * 16 + w.opad) * L;
   const int64_t per_thread = w.geo.pack_elems + w.v_elems + w.dm_elems + w.sum_elems;
   const int64_t group_elems = w.group_elems();
@@ -1130,9 +1134,14 @@ void run_winograd_weight_grad(const Correlation<float>& p, const at::Tensor& gra
     for (int64_t o = 0; o < p.outputs; ++o) {
       for (int64_t c = 0; c < p.channels; ++c) {
         const float* du = du_group + (o * p.channels + c) * 16;
+        // The sign the staged rows left out (see WinogradGradPlan).
+        auto at = [&](int a, int b) {
+          const double v = du[4 * a + b];
+          return (a == 3) != (b == 3) ? -v : v;
+        };
         double cols[3][4];  // G^T dU, column b of dU at a time: cols[i][b]
         for (int b = 0; b < 4; ++b) {
-          const double y[4] = {du[b], du[4 + b], du[8 + b], du[12 + b]};
+          const double y[4] = {at(0, b), at(1, b), at(2, b), at(3, b)};
           double t[3];
           gt(y, t);
           for (int i = 0; i < 3; ++i) cols[i][b] = t[i];
