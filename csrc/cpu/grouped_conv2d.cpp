@@ -410,7 +410,8 @@ inline void winograd_grad_flush(const WinogradGradPlan& w, int64_t slot, int64_t
   for (int64_t o = 0; o < p.outputs; ++o)
     for (int64_t c = 0; c < p.channels; ++c)
       for (int64_t xi = 0; xi < 16; ++xi)
-        dst[(o * p.channels + c) * 16 + xi] = lane_sum(sums + ((o * w.cpad + c) * 16 + xi) * sl, sl);
+        dst[(o * p.channels + c) * 16 + xi] =
+            lane_sum(sums + ((o * w.cpad + c) * 16 + xi) * sl, sl);
   if (w.bias) {
     const float* bias_sums = sums + w.opad * w.cpad * 16 * sl;
     for (int64_t o = 0; o < p.outputs; ++o) {
@@ -610,7 +611,8 @@ struct FloatVec {
   static constexpr int kSumLanes = 8;
   VEC_FN void fold_add(float* p, V a) {
     const __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1));
-    _mm256_storeu_ps(p, _mm256_add_ps(_mm256_loadu_ps(p), _mm256_add_ps(_mm512_castps512_ps256(a), hi)));
+    const __m256 folded = _mm256_add_ps(_mm512_castps512_ps256(a), hi);
+    _mm256_storeu_ps(p, _mm256_add_ps(_mm256_loadu_ps(p), folded));
   }
 };
 
