@@ -1084,10 +1084,11 @@ void run_weight_grad(const Correlation<T>& p, const at::Tensor& grad_output, at:
 }
 
 // Staged V blocks and A dY rows of one weight-gradient band: up to this many bytes
-// (L2-resident; the products stream them once per block of outputs). Per band, the products add their registers
-// into the vector sums once per (output, channel, xi): the fewer blocks a band has, the more
-// that costs (256->256 g32 @28, AVX-512, in-process against the direct kernel: 1.40x with
-// 64 KiB, 1.12x with 128, 0.92x with 256 and 512, which hold the whole 14 tile rows).
+// (L2-resident; the products stream them once per block of outputs). Per band, the products
+// add their registers into the vector sums once per (output, channel, xi): the fewer blocks a
+// band has, the more that costs (256->256 g32 @28, AVX-512, in-process against the direct
+// kernel: 1.40x with 64 KiB, 1.12x with 128, 0.92x with 256 and 512, which hold the whole 14
+// tile rows; measured when dM was staged whole).
 constexpr int64_t kWinogradGradStageBytes = 256 * 1024;
 
 // Tile rows per weight-gradient band (the stage budget above).
