@@ -398,6 +398,8 @@ struct WinogradGradPlan {
   // (with AVX-512, 32 KiB of sums instead of 64, and half the bytes of each update: the
   // updates had been ~10% of the weight gradient's time).
   static constexpr int64_t kSumLanes = 8;
+  // Staged vectors per (block, channel): V's 16; per (block, output): A dY's 4 rows x 2.
+  static constexpr int64_t kVPlanes = 16, kRowPlanes = 8;
 };
 
 // Stores the lanes' sums (in lane order) of the group's sums as the slice's partial result for
@@ -1094,7 +1096,8 @@ constexpr int64_t kWinogradGradStageBytes = 256 * 1024;
 // Tile rows per weight-gradient band (the stage budget above).
 int64_t winograd_grad_band_tiles(const Correlation<float>& p, int64_t lanes) {
   const int64_t tiles_w = (p.out_w + 1) / 2, blocks_w = (tiles_w + lanes - 1) / lanes;
-  const int64_t per_tile_row = (16 * round_up(p.channels, 4) + 8 * round_up(p.outputs, 4)) *
+  const int64_t per_tile_row = (WinogradGradPlan::kVPlanes * round_up(p.channels, 4) +
+                                WinogradGradPlan::kRowPlanes * round_up(p.outputs, 4)) *
                                blocks_w * lanes * int64_t(sizeof(float));
   return std::max<int64_t>(1, kWinogradGradStageBytes / per_tile_row);
 }
@@ -1129,8 +1132,8 @@ void run_winograd_weight_grad(const Correlation<float>& p, const at::Tensor& gra
   w.dy = source_of<float>(grad_output);
   w.bias = grad_b.defined();
   w.blocks = w.geo.band_tiles * w.geo.blocks_w;
-  w.v_elems = 16 * w.blocks * w.cpad * L;
-  w.dm_elems = 8 * w.blocks * w.opad * L;
+  w.v_elems = WinogradGradPlan::kVPlanes * w.blocks * w.cpad * L;
+  w.dm_elems = WinogradGradPlan::kRowPlanes * w.blocks * w.opad * L;
   w.sum_elems = w.opad * w.cpad * 16 * WinogradGradPlan::kSumLanes + w.opad * L;
   const int64_t per_thread = w.geo.pack_elems + w.v_elems + w.dm_elems + w.sum_elems;
   const int64_t group_elems = w.group_elems();
