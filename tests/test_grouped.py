@@ -159,14 +159,19 @@ def _winograd_isa():
     return "avx2" if cap == "avx2" else isa
 
 
+@pytest.mark.parametrize("rows", ["0", "1"], ids=["f2x2", "rows"])
 @pytest.mark.parametrize("layout", ["contiguous", "strided"])
 @pytest.mark.parametrize("case", list(WINOGRAD))
-def test_grouped_winograd(case, layout, monkeypatch):
+def test_grouped_winograd(case, layout, rows, monkeypatch):
+    """Winograd forced on, with the AVX-512 row kernels (1-D F(2, 3)) forced off or on
+    (CONVOPS_GROUPED_WINOGRAD_ROWS; they read the source in place, so a forward over the
+    'strided' input, whose rows are not contiguous, keeps F(2x2, 3x3))."""
     groups, cin, cout, (n, h, w), kwargs = WINOGRAD[case]
     x_shape, w_shape = (n, groups * cin, h, w), (groups * cout, cin, 3, 3)
     kwargs = dict(groups=groups, **kwargs)
     bias = list(WINOGRAD).index(case) % 2 == 0
     monkeypatch.setenv("CONVOPS_GROUPED_WINOGRAD", "1")
+    monkeypatch.setenv("CONVOPS_GROUPED_WINOGRAD_ROWS", rows)
     _calls(reset=True)
     out = _parity(x_shape, w_shape, kwargs, torch.float32, bias=bias, x_layout=layout)
     assert _calls() == 3
@@ -175,6 +180,42 @@ def test_grouped_winograd(case, layout, monkeypatch):
         monkeypatch.setenv("CONVOPS_GROUPED_WINOGRAD", "0")
         direct = _parity(x_shape, w_shape, kwargs, torch.float32, bias=bias, x_layout=layout)
         assert not torch.equal(out, direct)
+    if rows == "1" and layout == "contiguous" and case != "g2_c4_one_pixel" and _winograd_isa() == "avx512f":
+        # and F(2x2, 3x3) rounds differently from the row kernels: those ran
+        monkeypatch.setenv("CONVOPS_GROUPED_WINOGRAD", "1")
+        monkeypatch.setenv("CONVOPS_GROUPED_WINOGRAD_ROWS", "0")
+        tiles = _parity(x_shape, w_shape, kwargs, torch.float32, bias=bias, x_layout=layout)
+        assert not torch.equal(out, tiles)
+
+
+@pytest.mark.parametrize("channels,groups,size,rows", [(256, 32, 28, True), (128, 16, 56, True),
+                                                       (256, 16, 28, False)])
+def test_grouped_winograd_rows_default_choice(channels, groups, size, rows, monkeypatch):
+    """Where Winograd runs, the row kernels are the default with AVX-512 and at most 8 channels
+    per group (256 -> 256 g32 @28, 128 -> 128 g16 @56), F(2x2, 3x3) with 16 (256 g16 @28) and
+    on AVX2 (no row kernels: forcing them changes nothing)."""
+    isa = _winograd_isa()
+    if isa is None:
+        pytest.skip("Winograd needs the AVX2 or AVX-512 variant")
+    monkeypatch.delenv("CONVOPS_GROUPED_WINOGRAD", raising=False)
+    torch.manual_seed(0)
+    x = torch.randn(1, channels, size, size)
+    w = torch.randn(channels, channels // groups, 3, 3)
+
+    def run(mode):
+        if mode is None:
+            monkeypatch.delenv("CONVOPS_GROUPED_WINOGRAD_ROWS", raising=False)
+        else:
+            monkeypatch.setenv("CONVOPS_GROUPED_WINOGRAD_ROWS", mode)
+        return ops.conv2d(x, w, None, [1, 1], [1, 1], [1, 1], groups)
+
+    default, tiles, forced = run(None), run("0"), run("1")
+    if isa == "avx512f":
+        assert not torch.equal(forced, tiles)
+        assert torch.equal(default, forced if rows else tiles)
+    else:
+        assert torch.equal(forced, tiles) and torch.equal(default, tiles)
+    torch.testing.assert_close(forced, tiles, rtol=1e-4, atol=1e-4)
 
 
 def _default_direct_forced(fn, monkeypatch):
@@ -237,15 +278,17 @@ def test_grouped_winograd_weight_bias_grad(case, monkeypatch):
         assert not torch.equal(gw, gw_direct)
 
 
-@pytest.mark.parametrize("winograd", ["0", "1"])
+@pytest.mark.parametrize("winograd,rows", [("0", "0"), ("1", "0"), ("1", "1")],
+                         ids=["direct", "f2x2", "rows"])
 @pytest.mark.parametrize("case", ["g32_c8_odd", "g2_c16_two_blocks", "g2_c8_tall_bands", "g4_c5to6_pad0"])
-def test_grouped_ignores_stale_scratch(case, winograd, monkeypatch):
+def test_grouped_ignores_stale_scratch(case, winograd, rows, monkeypatch):
     """Every scratch buffer filled with NaN before use (CONVOPS_POISON_SCRATCH=1): outputs and
     gradients stay finite and equal to torch's, so no kernel reads a word it did not write (the
     Winograd weight gradient once met the vector past its last packed row this way)."""
     groups, cin, cout, (n, h, w), kwargs = WINOGRAD[case]
     monkeypatch.setenv("CONVOPS_POISON_SCRATCH", "1")
     monkeypatch.setenv("CONVOPS_GROUPED_WINOGRAD", winograd)
+    monkeypatch.setenv("CONVOPS_GROUPED_WINOGRAD_ROWS", rows)
     _calls(reset=True)
     out = _parity((n, groups * cin, h, w), (groups * cout, cin, 3, 3), dict(groups=groups, **kwargs),
                   torch.float32, bias=True)

@@ -357,6 +357,7 @@ struct ColumnPhases {
 struct WinogradPlan {
   Correlation<float> p;
   const float* u;       // [group][16][channels][kpad]
+  const float* u_rows;  // [group][3][channels][kpad][4]: G g_i of each kernel row i (below)
   const float* bias;    // [groups * outputs] or null
   int64_t kpad;         // outputs rounded up to a multiple of 4 (u and the M buffer)
   float* out;           // (N, groups*outputs, out_h, out_w), rows contiguous
@@ -368,6 +369,14 @@ struct WinogradPlan {
   int64_t pack_elems, v_elems, m_elems;  // per thread scratch: pack, V (16 x channels x L),
                                           // M (16 x kpad x L)
 };
+// The row kernels (AVX-512) take the same correlations by 1-D F(2, 3) along the rows and
+// directly over the kernel rows: output row r of channel k is sum over kernel rows i and
+// channels c of A^T [U1[i][c][k] . V1[r + i][c]] (2 outputs per tile: M0 + M1 + M2,
+// M1 - M2 - M3), with V1 = (d0 - d2, d1 + d2, d2 - d1, d1 - d3) of a tile's 4 input columns
+// and U1 = G g_i. 24 multiply-adds per (output, channel, tile row pair) instead of 16, but
+// each source row is transformed once (4 vectors, read straight from the source, no pack)
+// and the sums stay in registers until the outputs: with 8 channels per group the transforms
+// and the staging of V and M, not the products, had set F(2x2, 3x3)'s time.
 
 // The weight gradient of the same correlations by F(2x2, 3x3): with dM = A dY A^T the 4x4
 // adjoint of a 2x2 grad_output tile, U's gradient is the sum over tiles of dM . V and
@@ -437,6 +446,7 @@ struct KernelSet {
   // float only, AVX2 and AVX-512; null: none
   void (*winograd)(const WinogradPlan&, int64_t, int64_t, float*) = nullptr;
   void (*winograd_weight_grad)(const WinogradGradPlan&, int64_t, int64_t, float*, float*) = nullptr;
+  void (*winograd_rows)(const WinogradPlan&, int64_t, int64_t, float*) = nullptr;  // AVX-512
 };
 
 #define VEC_FN static inline __attribute__((always_inline))
@@ -609,6 +619,10 @@ struct FloatVec {
     asm("" : "+v"(a));
     return a;
   }
+  // (a[1], .., a[L - 1], next[0]).
+  VEC_FN V shift_in(V a, V next) {
+    return _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(next), _mm512_castps_si512(a), 1));
+  }
   // p[0, kSumLanes) += a's lanes added pairwise (i and i + 8).
   static constexpr int kSumLanes = 8;
   VEC_FN void fold_add(float* p, V a) {
@@ -686,7 +700,8 @@ KernelSet<T> pick_kernels() {
   constexpr bool is_float = std::is_same_v<T, float>;
   if (isa == IsaLevel::kAvx512) {
     return {Vec512::L, true, &avx512::forward, &avx512::weight_grad, &avx512::interleave_columns,
-            is_float ? &avx512::winograd : nullptr, is_float ? &avx512::winograd_weight_grad : nullptr};
+            is_float ? &avx512::winograd : nullptr, is_float ? &avx512::winograd_weight_grad : nullptr,
+            is_float ? &avx512::winograd_rows : nullptr};
   }
   if (isa == IsaLevel::kAvx2) {
     return {Vec2::L, true, &avx2::forward, &avx2::weight_grad, &avx2::interleave_columns,
@@ -780,6 +795,21 @@ bool winograd_applies(const Correlation<T>& p) {
   const int64_t min_channels = lanes >= 16 ? 8 : 4;
   return p.channels >= min_channels && p.outputs >= min_channels &&
          4 * tiles_w >= 3 * lanes_used;
+}
+
+// The row kernels instead of F(2x2, 3x3) where Winograd runs: with AVX-512, at most 8
+// channels per group and a source whose rows are contiguous. Measured in-process, forward
+// time over F(2x2, 3x3)'s (Zen 4, batch 8, 2 threads): 0.97 on 256->256 g32 @28, 0.74 on
+// 256->256 g32 @56, 0.78 on 128->128 g16 @56; with 16 channels 1.19 (256->256 g16 @28), the
+// products' extra half then outweighing the transforms. (The AVX2 variant, with half the
+// registers, measured 1.10 on 256 @28.) CONVOPS_GROUPED_WINOGRAD_ROWS=0 turns them off, =1
+// forces them wherever they can run (read at every call, for tests and benchmarks).
+bool winograd_rows_applies(const Correlation<float>& p) {
+  if (!kernels<float>().winograd_rows || p.src.stride_w != 1) return false;
+  const char* env = std::getenv("CONVOPS_GROUPED_WINOGRAD_ROWS");
+  if (env && std::strcmp(env, "0") == 0) return false;
+  if (env && std::strcmp(env, "1") == 0) return true;
+  return p.channels <= 8;
 }
 
 // The tile and band geometry of F(2x2, 3x3) over correlation p (Winograd applies), with bands
@@ -879,11 +909,13 @@ class PackedCorrelation {
     out[3] = x2;
   }
 
-  // U = G g G^T per (group, output, channel), as [group][16][channels][kpad] (zero padded).
+  // U = G g G^T per (group, output, channel), as [group][16][channels][kpad] (zero padded),
+  // and the row kernels' U1 (WinogradPlan::u_rows).
   template <class WeightAt>
   void winograd_weights(const Correlation<T>& p, const WeightAt& weight_at) {
     kpad_ = round_up(p.outputs, 4);
     u_.assign(p.groups * 16 * p.channels * kpad_, T(0));
+    u_rows_.assign(p.groups * 3 * p.channels * kpad_ * 4, T(0));
     for (int64_t grp = 0; grp < p.groups; ++grp) {
       for (int64_t k = 0; k < p.outputs; ++k) {
         for (int64_t c = 0; c < p.channels; ++c) {
@@ -900,6 +932,13 @@ class PackedCorrelation {
             for (int b = 0; b < 4; ++b)
               u_[((grp * 16 + a * 4 + b) * p.channels + c) * kpad_ + k] = T(row[b]);
           }
+          for (int i = 0; i < 3; ++i) {  // the row kernels' G g_i
+            double row[4];
+            winograd_g(weight_at(grp, k, c, i, 0), weight_at(grp, k, c, i, 1),
+                       weight_at(grp, k, c, i, 2), row);
+            for (int j = 0; j < 4; ++j)
+              u_rows_[(((grp * 3 + i) * p.channels + c) * kpad_ + k) * 4 + j] = T(row[j]);
+          }
         }
       }
     }
@@ -910,6 +949,7 @@ class PackedCorrelation {
     const int64_t L = ks.lanes;
     WinogradPlan w = winograd_geometry(p, L, p.out_h);
     w.u = u_.data();
+    w.u_rows = u_rows_.data();
     w.bias = winograd_bias_.empty() ? nullptr : winograd_bias_.data();
     w.kpad = kpad_;
     w.out = out.data_ptr<float>();
@@ -918,11 +958,13 @@ class PackedCorrelation {
     w.out_stride[2] = out.stride(2);
     w.v_elems = 16 * p.channels * L;
     w.m_elems = 16 * kpad_ * L;
+    // (The row kernels use only the V part, as their ring of transformed rows.)
     const int64_t per_thread = w.pack_elems + w.v_elems + w.m_elems;
     const ScratchBuffer scratch(at::get_num_threads() * per_thread, out.options());
     const int64_t items = p.batch * p.groups * w.bands;
+    const auto kernel = winograd_rows_applies(p) ? ks.winograd_rows : ks.winograd;
     parallel_chunks(items, balanced_chunk(items), [&](int64_t begin, int64_t end, int thread) {
-      ks.winograd(w, begin, end, scratch.tensor().data_ptr<float>() + thread * per_thread);
+      kernel(w, begin, end, scratch.tensor().data_ptr<float>() + thread * per_thread);
     });
   }
 
@@ -933,6 +975,7 @@ class PackedCorrelation {
   std::vector<int64_t> offs_;
   int64_t kpad_ = 0;
   std::vector<T> u_;  // Winograd-transformed weights; empty: the direct kernel
+  std::vector<T> u_rows_;  // the same by kernel rows (1-D F(2, 3))
   std::vector<T> winograd_bias_;  // [groups * outputs]; empty: no bias
 };
 
